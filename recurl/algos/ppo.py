@@ -1,0 +1,658 @@
+"""Recurrent PPO (Schulman et al. 2017) with truncated BPTT over stored-state chunks.
+
+Reading order: config -> GAE -> rollout -> update -> the user-facing class.
+
+How memory is handled, in one place:
+- Each env has its own recurrent state, carried from step to step while acting. Gymnasium's NEXT_STEP
+  autoreset means the step after an episode ends only resets that env: its action is ignored and its
+  reward is 0. That step is *invalid*: masked out of every loss and advantage. But the policy still
+  runs on it, on the episode's final observation with the episode's own hidden state, and the value
+  it computes is exactly the bootstrap value a truncated episode needs.
+- The observation that reset step returns is the next episode's first: it is flagged ``is_first`` and
+  the core zeroes the state there (inside the core, nowhere else).
+- Training cuts each env's rollout into chunks of ``seq_len`` steps and stores the recurrent state at
+  the start of every chunk (and only there). A minibatch is a set of (env, chunk) sequences, unrolled
+  from their stored states.
+- ``terminated`` stops bootstrapping; ``truncated`` bootstraps from the final observation's value.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from recurl.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TRAINER_FILE,
+    load_trainer_state,
+    load_weights,
+    read_json,
+    save_trainer_state,
+    save_weights,
+    space_from_json,
+    space_to_json,
+    write_json,
+)
+from recurl.envs import make_vec_env
+from recurl.errors import RecurlError
+from recurl.logger import RunLogger
+from recurl.nn.encoders import Obs, RunningNorm
+from recurl.nn.policy import PolicyConfig, RecurrentPolicy
+from recurl.nn.recurrent import State
+from recurl.obs import ObsConverter
+from recurl.util import pick_device, set_seed, set_threads
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PPOConfig:
+    """Recurrent PPO settings. Every field is a ``recurl train`` flag (``--n-steps 64``)."""
+
+    env: str = "recurl/TMaze-v0"
+    """Gymnasium env id (recurl's ids, e.g. recurl/CartPoleNoVel-v1, or any registered id)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the env constructor, e.g. --env-kwargs length 40."""
+    num_envs: int = 8
+    """Parallel envs, each with its own recurrent state."""
+    total_steps: int = 100_000
+    """Env steps to train for (over all envs)."""
+    seed: int = 0
+    """Seed for the envs, the network init and the action sampling."""
+    n_steps: int = 32
+    """Rollout length per env between updates."""
+    seq_len: int = 0
+    """BPTT chunk length; 0 means n_steps (one chunk per env per rollout). Must divide n_steps."""
+    batch_size: int = 256
+    """Samples per minibatch (a multiple of seq_len: batch_size / seq_len sequences)."""
+    n_epochs: int = 10
+    """Passes over each rollout."""
+    learning_rate: float = 3e-4
+    """Adam step size."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over training."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """PPO ratio clip."""
+    anneal_clip: bool = False
+    """Decay clip_range linearly to 0 over training (zoo's lin_0.2)."""
+    clip_range_vf: float | None = None
+    """Clip the value update around the old value (None: no value clipping)."""
+    normalize_advantage: bool = True
+    """Normalise advantages per minibatch."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clip."""
+    target_kl: float | None = None
+    """Stop an update's epochs early when the approximate KL exceeds this."""
+    normalize_reward: bool = True
+    """Scale rewards by the running std of the discounted return (statistics saved with the model)."""
+    prev_action_reward: bool = False
+    """Feed the previous action and reward to the policy as inputs (zeroed at episode starts)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """Network shape."""
+    init_from: str | None = None
+    """Start from the weights of another run with the same spaces and network (e.g. a BC run)."""
+    kl_teacher: float = 0.0
+    """Penalty coefficient on KL(policy || init_from policy): keep fine-tuning close to a cloned policy."""
+    eval_episodes: int = 100
+    """Episodes of the final deterministic evaluation written to summary.json."""
+    checkpoint_every: int = 25
+    """Save a resumable checkpoint every this many updates."""
+    device: str = "auto"
+    """cpu, cuda or auto (cuda when available)."""
+    threads: int = 0
+    """Torch CPU threads (0: one, fastest for small networks; raise it for image encoders)."""
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise RecurlError(f"bad PPO option: {msg}")
+
+        if self.num_envs < 1 or self.n_steps < 1 or self.total_steps < 1 or self.n_epochs < 1:
+            bad("num_envs, n_steps, total_steps and n_epochs must be >= 1")
+        if self.chunk_len < 1 or self.n_steps % self.chunk_len:
+            bad(f"seq_len ({self.seq_len}) must divide n_steps ({self.n_steps})")
+        if self.batch_size % self.chunk_len or self.batch_size < self.chunk_len:
+            bad(f"batch_size ({self.batch_size}) must be a multiple of seq_len ({self.chunk_len})")
+        if self.batch_size > self.num_envs * self.n_steps:
+            bad(f"batch_size ({self.batch_size}) exceeds the rollout size num_envs * n_steps "
+                f"({self.num_envs * self.n_steps})")
+        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            bad("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+        if self.kl_teacher > 0 and not self.init_from:
+            bad("--kl-teacher needs --init-from RUN_DIR (the teacher)")
+
+    @property
+    def chunk_len(self) -> int:
+        """The effective BPTT chunk length."""
+        return self.seq_len or self.n_steps
+
+    @property
+    def seqs_per_batch(self) -> int:
+        """Sequences per minibatch."""
+        return self.batch_size // self.chunk_len
+
+
+def config_from_dict(d: dict[str, Any]) -> PPOConfig:
+    """Rebuild a :class:`PPOConfig` from its JSON form (unknown keys are an error)."""
+    d = dict(d)
+    pol = dict(d.pop("policy", {}))
+    for k in ("encoder_hidden", "head_hidden"):
+        if k in pol:
+            pol[k] = tuple(pol[k])
+    try:
+        return PPOConfig(policy=PolicyConfig(**pol), **d)
+    except TypeError as e:
+        raise RecurlError(f"config.json does not match this recurl version: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generalised advantage estimation
+# ---------------------------------------------------------------------------------------------------
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    valid: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over a rollout with NEXT_STEP autoreset.
+
+    Args:
+        rewards, terminated, truncated, valid: ``[T, B]``; ``valid[t]`` is false on autoreset steps.
+        values: ``[T + 1, B]``; ``values[T]`` is the value of the observation after the rollout. On a
+            step right after an episode end, ``values[t + 1]`` is the value of that episode's final
+            observation under the episode's own hidden state: the bootstrap for truncation.
+
+    Returns ``(advantages[T, B], returns[T, B])``, both zero on invalid steps.
+
+    ``delta_t = r_t + gamma * (1 - terminated_t) * V_{t+1} - V_t`` and
+    ``A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}`` with ``done = terminated | truncated``.
+    """
+    T = rewards.shape[0]
+    not_term = 1.0 - terminated.float()
+    not_done = 1.0 - (terminated | truncated).float()
+    validf = valid.float()
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in range(T - 1, -1, -1):
+        delta = rewards[t] + gamma * not_term[t] * values[t + 1] - values[t]
+        last = (delta + gamma * gae_lambda * not_done[t] * last) * validf[t]
+        adv[t] = last
+    return adv, (adv + values[:-1]) * validf
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rollout storage: per-step tensors plus the recurrent state at each chunk start
+# ---------------------------------------------------------------------------------------------------
+class RolloutBuffer:
+    """``n_steps x num_envs`` transitions on the training device; states only at chunk starts."""
+
+    def __init__(self, cfg: PPOConfig, obs_conv: ObsConverter, act_shape: tuple[int, ...],
+                 act_dtype: torch.dtype, device: torch.device) -> None:
+        T, B = cfg.n_steps, cfg.num_envs
+        self.obs = obs_conv.empty((T, B), device)
+        self.actions = torch.zeros((T, B, *act_shape), dtype=act_dtype, device=device)
+        z = {"device": device}
+        self.logp, self.rewards = torch.zeros(T, B, **z), torch.zeros(T, B, **z)
+        self.values = torch.zeros(T + 1, B, **z)
+        self.is_first = torch.zeros(T, B, dtype=torch.bool, **z)
+        self.valid = torch.zeros(T, B, dtype=torch.bool, **z)
+        self.terminated = torch.zeros(T, B, dtype=torch.bool, **z)
+        self.truncated = torch.zeros(T, B, dtype=torch.bool, **z)
+        self.chunk_states: list[State] = []
+        self.teacher_states: list[State] = []
+
+
+def _stack_states(chunk_states: list[State]) -> State:
+    """Per-chunk states ``[layers, B, H]`` -> ``[layers, n_chunks * B, H]`` in sequence order."""
+    return tuple(torch.cat(parts, dim=1) for parts in zip(*chunk_states))
+
+
+def _to_sequences(x: torch.Tensor, L: int) -> torch.Tensor:
+    """``[n_steps, B, ...]`` -> ``[L, n_chunks * B, ...]``; sequence ``c * B + b`` is chunk c of env b."""
+    T, B = x.shape[:2]
+    return x.reshape(T // L, L, B, *x.shape[2:]).transpose(0, 1).reshape(L, (T // L) * B, *x.shape[2:])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The algorithm
+# ---------------------------------------------------------------------------------------------------
+class RecurrentPPO:
+    """Recurrent PPO with the Stable-Baselines3 API: ``learn``, ``predict``, ``save``, ``load``.
+
+    Args:
+        env: an env id (the config's ``env`` is replaced by it) or ``None`` to use ``config.env``.
+        config: a :class:`PPOConfig`; keyword ``overrides`` replace its fields.
+    """
+
+    def __init__(self, env: str | None = None, config: PPOConfig | None = None, **overrides: Any) -> None:
+        cfg = config or PPOConfig()
+        if env is not None:
+            overrides["env"] = env
+        if "policy" in overrides and isinstance(overrides["policy"], dict):
+            overrides["policy"] = dataclasses.replace(cfg.policy, **overrides["policy"])
+        try:
+            self.config = dataclasses.replace(cfg, **overrides)
+        except TypeError as e:
+            raise RecurlError(f"unknown PPO option: {e}") from None
+        cfg = self.config
+        self.device = pick_device(cfg.device)
+        set_threads(cfg.threads)
+        set_seed(cfg.seed)
+        self.env: gym.vector.VectorEnv | None = None
+        probe = self._make_env(1)
+        self.observation_space = probe.single_observation_space
+        self.action_space = probe.single_action_space
+        probe.close()
+        self._build(self.observation_space, self.action_space)
+
+    # -- construction ------------------------------------------------------------------------------------
+    def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
+        cfg = self.config
+        return make_vec_env(cfg.env, n, cfg.env_kwargs, cfg.prev_action_reward, render_mode)
+
+    def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
+        cfg = self.config
+        self.policy = RecurrentPolicy(obs_space, action_space, cfg.policy).to(self.device)
+        self.obs_conv = ObsConverter(obs_space)
+        self.reward_norm = RunningNorm(()).to(self.device)  # variance of the discounted return
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.num_timesteps = 0
+        self.n_updates = 0
+        self.teacher: RecurrentPolicy | None = None
+        if cfg.init_from:
+            src = RecurrentPPO.load(cfg.init_from, device=self.device)
+            try:
+                self.policy.load_state_dict(src.policy.state_dict())
+            except RuntimeError as e:
+                raise RecurlError(f"--init-from {cfg.init_from}: network or spaces differ ({e})") from None
+            if cfg.kl_teacher > 0:
+                self.teacher = src.policy.eval().requires_grad_(False)
+
+    # -- rollout -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _collect(self, buf: RolloutBuffer, stats: EpisodeStats) -> None:
+        cfg, env, pol = self.config, self.env, self.policy
+        L = cfg.chunk_len
+        buf.chunk_states, buf.teacher_states = [], []
+        for t in range(cfg.n_steps):
+            if t % L == 0:
+                buf.chunk_states.append(tuple(s.clone() for s in self._state))
+                if self.teacher is not None:
+                    buf.teacher_states.append(tuple(s.clone() for s in self._teacher_state))
+            obs = self.obs_conv.to_torch(self._obs, self.device)
+            self.obs_conv.write(buf.obs, t, obs)
+            buf.is_first[t] = self._is_first
+            buf.valid[t] = self._valid
+            if self.teacher is not None:  # the teacher keeps its own memory of the same episode
+                _, _, self._teacher_state = self.teacher.step(obs, self._teacher_state, self._is_first)
+            dist, value, self._state = pol.step(obs, self._state, self._is_first)
+            action = dist.sample()
+            buf.actions[t] = action
+            buf.logp[t] = dist.log_prob(action)
+            buf.values[t] = value
+            next_obs, reward, term, trunc, info = env.step(self._env_action(action))
+            valid = self._valid_np
+            stats.add(reward, term, trunc, info, valid)
+            done = np.logical_or(term, trunc)
+            buf.rewards[t] = torch.as_tensor(self._scale_reward(reward, done, valid), device=self.device)
+            buf.terminated[t] = torch.as_tensor(term, device=self.device)
+            buf.truncated[t] = torch.as_tensor(trunc, device=self.device)
+            # The step after a done resets the env: its returned obs starts the next episode.
+            self._is_first = torch.as_tensor(~valid, device=self.device)
+            self._valid_np = ~done
+            self._valid = torch.as_tensor(self._valid_np, device=self.device)
+            self._obs = next_obs
+        # Bootstrap value of the observation after the rollout; the state is not advanced by it.
+        obs = self.obs_conv.to_torch(self._obs, self.device)
+        _, buf.values[cfg.n_steps], _ = pol.step(obs, self._state, self._is_first)
+
+    def _env_action(self, action: torch.Tensor) -> np.ndarray:
+        a = action.cpu().numpy()
+        if isinstance(self.action_space, gym.spaces.Box):
+            a = np.clip(a, self.action_space.low, self.action_space.high)
+        return a
+
+    def _scale_reward(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Divide by the running std of the discounted return (SB3 VecNormalize's scheme)."""
+        r = np.asarray(reward, np.float32)
+        if not self.config.normalize_reward:
+            return r
+        self._ret = self._ret * self.config.gamma + r
+        self.reward_norm.update(torch.as_tensor(self._ret[valid], device=self.device))
+        self._ret[done] = 0.0
+        std = math.sqrt(float(self.reward_norm.var) + 1e-8)
+        return np.clip(r / std, -10.0, 10.0)
+
+    # -- update ------------------------------------------------------------------------------------------
+    def _update(self, buf: RolloutBuffer, progress: float) -> dict[str, float]:
+        cfg, pol = self.config, self.policy
+        L, B = cfg.chunk_len, cfg.num_envs
+        adv, returns = compute_gae(buf.rewards, buf.values, buf.terminated, buf.truncated, buf.valid,
+                                   cfg.gamma, cfg.gae_lambda)
+        seq = {
+            "obs": self.obs_conv.map(buf.obs, lambda x: _to_sequences(x, L)),
+            "actions": _to_sequences(buf.actions, L),
+            "logp": _to_sequences(buf.logp, L),
+            "values": _to_sequences(buf.values[:-1], L),
+            "adv": _to_sequences(adv, L),
+            "returns": _to_sequences(returns, L),
+            "is_first": _to_sequences(buf.is_first, L),
+            "valid": _to_sequences(buf.valid, L),
+        }
+        states = _stack_states(buf.chunk_states)
+        teacher_states = _stack_states(buf.teacher_states) if self.teacher is not None else ()
+        n_seq = (cfg.n_steps // L) * B
+        clip = cfg.clip_range * (1.0 - progress if cfg.anneal_clip else 1.0)
+        lr = cfg.learning_rate * (1.0 - progress if cfg.anneal_lr else 1.0)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        logs: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "kl", "clipfrac", "teacher_kl")}
+        for _epoch in range(cfg.n_epochs):
+            perm = torch.randperm(n_seq, device=self.device)
+            stop = False
+            for start in range(0, n_seq - cfg.seqs_per_batch + 1, cfg.seqs_per_batch):
+                idx = perm[start : start + cfg.seqs_per_batch]
+                mb_obs = self.obs_conv.map(seq["obs"], lambda x, idx=idx: x[:, idx])
+                mask = seq["valid"][:, idx].float()
+                n_valid = mask.sum().clamp(min=1.0)
+                dist, value, _ = pol.unroll(mb_obs, tuple(s[:, idx] for s in states), seq["is_first"][:, idx])
+                logp = dist.log_prob(seq["actions"][:, idx])
+                log_ratio = logp - seq["logp"][:, idx]
+                ratio = log_ratio.exp()
+                a = seq["adv"][:, idx]
+                if cfg.normalize_advantage:
+                    mean = (a * mask).sum() / n_valid
+                    std = (((a - mean) * mask).pow(2).sum() / n_valid).sqrt()
+                    a = (a - mean) / (std + 1e-8)
+                pg_loss = -(torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a) * mask).sum() / n_valid
+                ret = seq["returns"][:, idx]
+                if cfg.clip_range_vf is not None:
+                    old_v = seq["values"][:, idx]
+                    value = old_v + (value - old_v).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+                vf_loss = ((value - ret).pow(2) * mask).sum() / n_valid
+                entropy = (dist.entropy() * mask).sum() / n_valid
+                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        t_dist, _, _ = self.teacher.unroll(mb_obs, tuple(s[:, idx] for s in teacher_states),
+                                                          seq["is_first"][:, idx])
+                    t_kl = (dist.kl(t_dist) * mask).sum() / n_valid
+                    loss = loss + cfg.kl_teacher * t_kl
+                    logs["teacher_kl"].append(float(t_kl.detach()))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(pol.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    approx_kl = float((((ratio - 1) - log_ratio) * mask).sum() / n_valid)
+                    logs["clipfrac"].append(float((((ratio - 1).abs() > clip).float() * mask).sum() / n_valid))
+                logs["pg"].append(float(pg_loss.detach()))
+                logs["vf"].append(float(vf_loss.detach()))
+                logs["ent"].append(float(entropy.detach()))
+                logs["kl"].append(approx_kl)
+                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        # Fold this rollout's observations into the normaliser only now, so that acting and every
+        # epoch of this update saw the same statistics (the PPO ratio starts at exactly 1).
+        pol.update_normalizer(buf.obs, buf.valid)
+        self.n_updates += 1
+        v, r = buf.values[:-1][buf.valid], returns[buf.valid]
+        explained = float(1 - (r - v).var() / r.var()) if r.numel() > 1 and r.var() > 0 else float("nan")
+        out = {
+            "train/policy_gradient_loss": float(np.mean(logs["pg"])),
+            "train/value_loss": float(np.mean(logs["vf"])),
+            "train/entropy_loss": -float(np.mean(logs["ent"])),
+            "train/approx_kl": float(np.mean(logs["kl"])),
+            "train/clip_fraction": float(np.mean(logs["clipfrac"])),
+            "train/clip_range": clip,
+            "train/learning_rate": lr,
+            "train/explained_variance": explained,
+            "train/n_updates": self.n_updates,
+        }
+        if logs["teacher_kl"]:
+            out["train/teacher_kl"] = float(np.mean(logs["teacher_kl"]))
+        return out
+
+    # -- the training loop ---------------------------------------------------------------------------------
+    def learn(self, total_steps: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
+              resume_state: dict[str, Any] | None = None) -> RecurrentPPO:
+        """Train for ``total_steps`` env steps (default: the config's), logging into ``run_dir``."""
+        cfg = self.config
+        total = total_steps if total_steps is not None else cfg.total_steps
+        steps_per_update = cfg.n_steps * cfg.num_envs
+        n_iters = max(1, math.ceil((total - self.num_timesteps) / steps_per_update))
+        self.env = self._make_env(cfg.num_envs)
+        self._obs, _ = self.env.reset(seed=cfg.seed + 7919 * self.n_updates)
+        self._state = self.policy.initial_state(cfg.num_envs, self.device)
+        if self.teacher is not None:
+            self._teacher_state = self.teacher.initial_state(cfg.num_envs, self.device)
+        self._is_first = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
+        self._valid_np = np.ones(cfg.num_envs, bool)
+        self._valid = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
+        self._ret = np.zeros(cfg.num_envs, np.float64)
+        buf = RolloutBuffer(cfg, self.obs_conv, tuple(self.action_space.shape or ()),
+                            torch.float32 if isinstance(self.action_space, gym.spaces.Box) else torch.long,
+                            self.device)
+        stats = EpisodeStats(cfg.num_envs)
+        logger = RunLogger(run_dir, total, progress) if run_dir is not None else RunLogger(None, total, progress)
+        if resume_state is not None:
+            stats.load(resume_state["episodes"])
+        logger.start(self.num_timesteps)
+        try:
+            for _ in range(n_iters):
+                t0 = time.perf_counter()
+                self._collect(buf, stats)
+                self.num_timesteps += steps_per_update
+                t1 = time.perf_counter()
+                train_logs = self._update(buf, min(1.0, (self.num_timesteps - steps_per_update) / total))
+                t2 = time.perf_counter()
+                logs = {**stats.summary(), **train_logs,
+                        "time/fps": steps_per_update / (t2 - t0),
+                        "time/collect_s": t1 - t0, "time/update_s": t2 - t1}
+                logger.log(self.num_timesteps, logs)
+                if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
+                    self.checkpoint(run_dir, stats)
+        finally:
+            logger.close()
+            self.env.close()
+            self.env = None
+        if run_dir is not None:
+            self.checkpoint(run_dir, stats)
+        return self
+
+    # -- acting ------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        observation: Any,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Act on one observation or a batch, threading the recurrent state (SB3's signature).
+
+        Args:
+            observation: one observation (shape of the observation space) or a batch ``[N, ...]``.
+            state: the state returned by the previous call (``None``: zero state, episode start).
+            episode_start: ``[N]`` bools, true where ``observation`` starts a new episode.
+        Returns ``(action, state)``: actions ``[N, ...]`` (or one action for an unbatched observation)
+        and the new state, a tuple of ``[layers, N, H]`` float32 arrays.
+        """
+        obs, n, batched = self.obs_conv.from_user(observation, self.device)
+        if state is None:
+            torch_state = self.policy.initial_state(n, self.device)
+        else:
+            torch_state = tuple(torch.as_tensor(np.asarray(s), dtype=torch.float32, device=self.device)
+                                for s in state)
+            expect = tuple(tuple(s.shape) for s in self.policy.initial_state(n, "cpu"))
+            got = tuple(tuple(s.shape) for s in torch_state)
+            if got != expect:
+                raise RecurlError(f"state shapes {got} do not match {n} observation(s): expected {expect}; "
+                                  "pass the state returned by the previous predict call, or None")
+        if episode_start is None:
+            is_first = torch.full((n,), state is None, dtype=torch.bool, device=self.device)
+        else:
+            is_first = torch.as_tensor(np.asarray(episode_start, bool).reshape(n), device=self.device)
+        with torch.inference_mode():
+            dist, _, new_state = self.policy.step(obs, torch_state, is_first)
+            action = dist.mode() if deterministic else dist.sample()
+        a = self._env_action(action)
+        return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def _config_json(self) -> dict[str, Any]:
+        return {
+            "algo": "ppo",
+            "config": dataclasses.asdict(self.config),
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "state_shapes": [list(s.shape) for s in self.policy.initial_state(1, "cpu")],
+            "versions": {"recurl": _version(), "torch": torch.__version__, "gymnasium": gym.__version__},
+        }
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
+        t.update({f"reward_norm.{k}": v for k, v in self.reward_norm.state_dict().items()})
+        return t
+
+    def save(self, path: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into the directory ``path``."""
+        path = Path(path)
+        save_weights(path / MODEL_FILE, self._tensors())
+        write_json(path / CONFIG_FILE, self._config_json())
+
+    def checkpoint(self, run_dir: str | Path, stats: EpisodeStats) -> None:
+        """Save the model plus everything needed to resume (optimizer, RNG, counters)."""
+        run_dir = Path(run_dir)
+        self.save(run_dir)
+        save_trainer_state(run_dir / TRAINER_FILE, {
+            "optimizer": self.optimizer.state_dict(),
+            "num_timesteps": self.num_timesteps,
+            "n_updates": self.n_updates,
+            "torch_rng": torch.get_rng_state(),
+            "episodes": stats.state(),
+        })
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", **overrides: Any) -> RecurrentPPO:
+        """Load a saved model directory (safetensors + JSON; no code from the files is executed)."""
+        path = Path(path)
+        meta = read_json(path / CONFIG_FILE)
+        if meta.get("algo") != "ppo":
+            raise RecurlError(f"{path} holds a {meta.get('algo')!r} model, not a PPO one")
+        cfg = config_from_dict(meta["config"])
+        cfg = dataclasses.replace(cfg, init_from=None, kl_teacher=0.0, device=str(device), **overrides)
+        tensors = load_weights(path / MODEL_FILE)
+        self = cls.__new__(cls)
+        self.config = cfg
+        self.device = pick_device(cfg.device)
+        self.env = None
+        self.observation_space = space_from_json(meta["observation_space"])
+        self.action_space = space_from_json(meta["action_space"])
+        self._build(self.observation_space, self.action_space)
+        try:
+            self.policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
+            self.reward_norm.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("reward_norm.")})
+        except RuntimeError as e:
+            raise RecurlError(f"corrupt or mismatched model file in {path}: {e}") from None
+        return self
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, progress: bool = True) -> RecurrentPPO:
+        """Continue a killed run from its last checkpoint up to its configured ``total_steps``.
+
+        Envs restart fresh episodes (env state is not saved); weights, optimizer, normalisers, counters
+        and RNG continue where the checkpoint left them.
+        """
+        run_dir = Path(run_dir)
+        self = cls.load(run_dir, device=read_json(run_dir / CONFIG_FILE)["config"].get("device", "auto"))
+        state = load_trainer_state(run_dir / TRAINER_FILE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+        torch.set_rng_state(state["torch_rng"])
+        return self.learn(run_dir=run_dir, progress=progress, resume_state=state)
+
+    def copy_policy(self) -> RecurrentPolicy:
+        """A frozen copy of the current policy (e.g. a teacher or a snapshot for evaluation)."""
+        return copy.deepcopy(self.policy).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Episode statistics (SB3's rollout/ep_rew_mean over the last 100 episodes)
+# ---------------------------------------------------------------------------------------------------
+class EpisodeStats:
+    """Undiscounted returns, lengths and success flags of finished episodes, per env."""
+
+    def __init__(self, num_envs: int, window: int = 100) -> None:
+        self.ret = np.zeros(num_envs)
+        self.len = np.zeros(num_envs, np.int64)
+        self.window = window
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+        self.successes: list[float] = []
+        self.episodes = 0
+
+    def add(self, reward: np.ndarray, term: np.ndarray, trunc: np.ndarray, info: dict[str, Any],
+            valid: np.ndarray) -> None:
+        self.ret += np.where(valid, reward, 0.0)
+        self.len += valid
+        done = np.logical_or(term, trunc) & valid
+        if done.any():
+            success = info.get("success")
+            has_success = info.get("_success", np.zeros_like(done)) if success is not None else None
+            for i in np.flatnonzero(done):
+                self.returns.append(float(self.ret[i]))
+                self.lengths.append(int(self.len[i]))
+                if success is not None and has_success[i]:
+                    self.successes.append(float(success[i]))
+            self.episodes += int(done.sum())
+            self.ret[done], self.len[done] = 0.0, 0
+            del self.returns[: -self.window], self.lengths[: -self.window], self.successes[: -self.window]
+
+    def summary(self) -> dict[str, float]:
+        if not self.returns:
+            return {"rollout/episodes": 0}
+        out = {"rollout/ep_rew_mean": float(np.mean(self.returns)),
+               "rollout/ep_len_mean": float(np.mean(self.lengths)),
+               "rollout/episodes": self.episodes}
+        if self.successes:
+            out["rollout/success_rate"] = float(np.mean(self.successes))
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"returns": self.returns, "lengths": self.lengths, "successes": self.successes,
+                "episodes": self.episodes}
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.returns, self.lengths = list(d["returns"]), list(d["lengths"])
+        self.successes, self.episodes = list(d["successes"]), int(d["episodes"])
+
+
+def _version() -> str:
+    from recurl import __version__
+
+    return __version__

@@ -1,0 +1,89 @@
+"""Keyboard play in the terminal for any Gymnasium env with a ``Discrete`` action space and ansi rendering.
+
+Type a key and Enter each step: the env's own map from :meth:`get_keys_to_action` when it has one
+(swamp tour: ``w``/``e`` forward, ``a``/``s`` turn left, ``d``/``f`` turn right), or the action
+number; ``q`` quits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+_FIELDS = ("obs", "actions", "rewards", "terminated", "truncated")
+
+
+def _key_map(env: gym.Env) -> dict[str, int]:
+    """Single-key strings to actions: the env's ``get_keys_to_action()`` plus the action numbers."""
+    keys = {str(a): a for a in range(int(env.action_space.n))}
+    get = getattr(env.unwrapped, "get_keys_to_action", None)
+    if get is not None:
+        keys |= {"".join(combo): int(a) for combo, a in get().items() if len(combo) == 1}
+    return keys
+
+
+def play(
+    env_id: str,
+    episodes: int = 1,
+    record: str | None = None,
+    read_key: Callable[[str], str] = input,
+    seed: int | None = None,
+    show: Callable[[str], Any] = print,
+    **env_kwargs: Any,
+) -> list[dict[str, list[Any]]]:
+    """Play ``episodes`` episodes of ``env_id`` by hand; returns one dict per episode played.
+
+    Each dict has lists ``obs`` (first observation plus one per step, so ``len(actions) + 1``),
+    ``actions``, ``rewards``, ``terminated``, ``truncated``. An episode cut short by ``q`` is
+    returned too (its flags then all read False at the end).
+
+    Args:
+        env_id: registered id, e.g. ``"recurl/SwampTour-ruin_2swamp-v0"``.
+        episodes: number of episodes to play.
+        record: reserved for saving the episodes (not handled here yet; must be ``None``).
+        read_key: called with a prompt, returns the typed line (inject a fake for tests).
+        seed: seed of the first reset.
+        show: receives the text picture and messages (``print`` by default).
+        **env_kwargs: passed to ``gymnasium.make``.
+    """
+    if record is not None:
+        raise NotImplementedError("play(record=...) is not wired yet; save the returned episodes yourself")
+    if env_id.startswith("recurl/SwampTour-"):
+        from recurl.envs.swamptour import register_swamptour
+
+        register_swamptour()
+    env = gym.make(env_id, render_mode="ansi", **env_kwargs)
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise TypeError(f"play() needs a Discrete action space, {env_id} has {env.action_space}")
+    keys = _key_map(env)
+    names = ", ".join(f"{k}={a}" for k, a in keys.items())
+    prompt = f"action ({names}, q quits): "
+    played: list[dict[str, list[Any]]] = []
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed if ep == 0 else None)
+            data: dict[str, list[Any]] = {k: [] for k in _FIELDS}
+            data["obs"].append(np.asarray(obs).copy())
+            played.append(data)
+            show(env.render())
+            done = False
+            while not done:
+                key = read_key(prompt).strip().lower()
+                if key == "q":
+                    return played
+                if key not in keys:
+                    show(f"unknown key {key!r}")
+                    continue
+                obs, reward, terminated, truncated, _ = env.step(keys[key])
+                step = (np.asarray(obs).copy(), keys[key], float(reward), bool(terminated), bool(truncated))
+                for name, value in zip(_FIELDS, step, strict=True):
+                    data[name].append(value)
+                show(env.render())
+                done = terminated or truncated
+            show(f"episode {ep + 1}: return {sum(data['rewards']):.2f} in {len(data['actions'])} steps")
+    finally:
+        env.close()
+    return played

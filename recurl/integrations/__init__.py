@@ -1,0 +1,1 @@
+"""Adapters to external games and tools (libmelee for live Melee play)."""

@@ -1,0 +1,95 @@
+"""Run logging: a tqdm progress bar, ``progress.csv``, TensorBoard events (SB3's scalar names) and
+``curve.png``. The x-axis everywhere is env steps."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class RunLogger:
+    """Writes one row per update. ``run_dir=None`` only drives the progress bar."""
+
+    def __init__(self, run_dir: str | Path | None, total_steps: int, progress: bool = True) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.total = total_steps
+        self.progress = progress
+        self.bar: tqdm | None = None
+        self.writer = None
+        self._csv_keys: list[str] | None = None
+
+    def start(self, steps_done: int) -> None:
+        if self.progress:
+            self.bar = tqdm(total=self.total, initial=min(steps_done, self.total), unit="step",
+                            dynamic_ncols=True, smoothing=0.1)
+        if self.run_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=steps_done or None)
+
+    def log(self, step: int, scalars: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(min(step, self.total) - self.bar.n)
+            post = {"fps": f"{scalars.get('time/fps', 0):.0f}"}
+            if "rollout/ep_rew_mean" in scalars:
+                post["return"] = f"{scalars['rollout/ep_rew_mean']:.3g}"
+            if "rollout/success_rate" in scalars:
+                post["success"] = f"{scalars['rollout/success_rate']:.2f}"
+            self.bar.set_postfix(post, refresh=False)
+        if self.run_dir is None:
+            return
+        for k, v in scalars.items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                self.writer.add_scalar(k, v, step)
+        path = self.run_dir / "progress.csv"
+        row = {"env_steps": step, **scalars}
+        if self._csv_keys is None:
+            self._csv_keys = list(row) if not path.exists() else _header(path)
+            for k in row:  # rollout/* appears once episodes finish; keep every key we will ever write
+                if k not in self._csv_keys:
+                    self._csv_keys.append(k)
+            if not path.exists():
+                with open(path, "w", newline="") as f:
+                    csv.DictWriter(f, self._csv_keys).writeheader()
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, self._csv_keys, extrasaction="ignore").writerow(row)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.run_dir is not None and (self.run_dir / "progress.csv").exists():
+            plot_curve(self.run_dir / "progress.csv", self.run_dir / "curve.png")
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def plot_curve(csv_path: str | Path, png_path: str | Path) -> None:
+    """Plot mean episode return (and success rate when logged) against env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("rollout/ep_rew_mean", "mean return"), ("rollout/success_rate", "success rate")):
+        pts = [(float(r["env_steps"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        if pts:
+            ax.plot(*zip(*pts), label=label)
+    ax.set_xlabel("env steps")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

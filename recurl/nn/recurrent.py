@@ -1,0 +1,203 @@
+"""The recurrent core: every piece of hidden-state logic in recurl lives in this module.
+
+One contract for every core kind (``lstm``, ``gru``, ``rnn`` and the memoryless ``none``):
+
+- ``initial_state(batch)`` returns the zero state, a tuple of tensors each ``[num_layers, B, H]``
+  (LSTM: ``(h, c)``; GRU and RNN: ``(h,)``; ``none``: ``()``), float32 on the core's device.
+- ``step(x[B, F], state, is_first[B]) -> (y[B, H], state)`` for acting one step at a time.
+- ``unroll(x[T, B, F], state0, is_first[T, B]) -> (y[T, B, H], state_T)`` for training.
+
+``is_first[t, b]`` is true when ``x[t, b]`` is the first observation of an episode. The state entering
+that step is replaced by zeros *here and nowhere else*, so no caller can forget a reset, reset twice, or
+reset one step late. ``T`` calls of ``step`` and one ``unroll`` give the same outputs, and no gradient
+flows from any output at or after a reset to any input before it.
+
+Speed: ``unroll`` never loops over time steps in Python. Without a reset after ``t = 0`` it is one fused
+library call. With resets inside the window, each column is cut at its resets into episode segments and
+the segments run side by side as the columns of one fused call; segments after a reset start from
+zeros, so gradients cannot cross the cut by construction (see ``bench/bench_core.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+CoreKind = Literal["lstm", "gru", "rnn", "none"]
+CORE_KINDS: tuple[str, ...] = ("lstm", "gru", "rnn", "none")
+State = tuple[torch.Tensor, ...]
+
+
+def state_size(kind: str) -> int:
+    """Number of tensors in a core's state: LSTM 2 (h, c), GRU/RNN 1 (h), none 0."""
+    return {"lstm": 2, "gru": 1, "rnn": 1, "none": 0}[kind]
+
+
+class RecurrentCore(nn.Module):
+    """A stack of LSTM, GRU or tanh-RNN layers, or a memoryless MLP layer (``none``) with the same API.
+
+    Args:
+        kind: ``"lstm"``, ``"gru"``, ``"rnn"`` or ``"none"``.
+        input_size: F, features per step.
+        hidden_size: H, units per layer (also the output width).
+        num_layers: stacked layers (``none``: stacked Linear+tanh layers, so the baseline has a
+            comparable depth and output scale).
+    """
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+        super().__init__()
+        if kind not in CORE_KINDS:
+            raise ValueError(f"unknown core {kind!r}: choose one of {', '.join(CORE_KINDS)}")
+        if num_layers < 1 or hidden_size < 1 or input_size < 1:
+            raise ValueError("input_size, hidden_size and num_layers must be >= 1")
+        self.kind = kind
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        if kind == "none":
+            layers: list[nn.Module] = []
+            for i in range(num_layers):
+                layers += [nn.Linear(input_size if i == 0 else hidden_size, hidden_size), nn.Tanh()]
+            self.net: nn.Module = nn.Sequential(*layers)
+        else:
+            cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
+            self.net = cls(input_size, hidden_size, num_layers=num_layers)
+            if kind == "lstm":
+                # Unit forget-gate bias (Jozefowicz et al. 2015; Keras's default): the cell starts out
+                # remembering (forget gate ~0.73 rather than ~0.5), which long memory tasks need.
+                with torch.no_grad():
+                    for name, p in self.net.named_parameters():
+                        if name.startswith("bias_ih"):
+                            p[hidden_size : 2 * hidden_size].fill_(1.0)
+                        elif name.startswith("bias_hh"):
+                            p[hidden_size : 2 * hidden_size].zero_()
+
+    @property
+    def n_state(self) -> int:
+        """Number of state tensors (2 for LSTM, 1 for GRU/RNN, 0 for none)."""
+        return state_size(self.kind)
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        """Zero state: ``n_state`` tensors of shape ``[num_layers, batch, hidden_size]``, float32."""
+        if device is None:
+            device = next(self.parameters()).device
+        shape = (self.num_layers, batch, self.hidden_size)
+        return tuple(torch.zeros(shape, device=device) for _ in range(self.n_state))
+
+    # -- acting ---------------------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, state: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """One step. ``x[B, F]``, ``state`` as from ``initial_state(B)``, ``is_first[B]`` bool.
+
+        Returns ``(y[B, H], new_state)``.
+        """
+        y, new_state = self.unroll(x.unsqueeze(0), state, is_first.unsqueeze(0))
+        return y.squeeze(0), new_state
+
+    # -- training -------------------------------------------------------------------------------------
+    def unroll(self, x: torch.Tensor, state0: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Run ``T`` steps. ``x[T, B, F]``, ``state0`` tensors ``[L, B, H]``, ``is_first[T, B]`` bool.
+
+        Returns ``(y[T, B, H], state_T)``, where ``state_T`` is the state after the last step.
+        """
+        self._check(x, state0, is_first)
+        if self.kind == "none":
+            return self.net(x), ()
+        is_first = is_first.to(torch.bool)
+        keep0 = (~is_first[0]).to(x.dtype).view(1, -1, 1)
+        h0 = tuple(s * keep0 for s in state0)  # reset at t = 0, inside the core
+        if x.shape[0] == 1 or not bool(is_first[1:].any()):
+            y, hT = self.net(x, _pack_state(self.kind, h0))
+            return y, _unpack_state(self.kind, hT)
+        return self._unroll_segments(x, h0, is_first)
+
+    def _unroll_segments(self, x: torch.Tensor, h0: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Cut every column at its resets; run all episode segments side by side in one fused call.
+
+        Segment ``k`` becomes column ``k`` of a ``[L, n_seg, F]`` batch (``L`` = longest segment), left
+        aligned and zero padded. The first segment of each original column starts from the carried
+        state, every later one from zeros, so no gradient can cross a reset. Padded steps come after
+        a segment's last real step and never reach an output we keep. This is cheaper than a
+        ``PackedSequence`` on CPU, whose backward zero-fills a full gradient buffer per time step.
+        """
+        T, B, F = x.shape
+        seg = _segments(is_first)
+        n_seg = seg.n_seg
+        x_flat = torch.cat([x.reshape(T * B, F), x.new_zeros(1, F)])  # row T*B is the padding row
+        x_pad = x_flat.index_select(0, seg.src).view(seg.max_len, n_seg, F)
+        h0_seg = tuple(s.new_zeros(s.shape[0], n_seg, s.shape[2]).index_copy(1, seg.first_seg, s) for s in h0)
+        y_pad, h_pad = self.net(x_pad, _pack_state(self.kind, h0_seg))
+        y = y_pad.reshape(seg.max_len * n_seg, -1).index_select(0, seg.out_idx).view(T, B, -1)
+        # Final state: a column without a reset after t=0 has one segment of length T == max_len, so
+        # the padded run's final state is exact. Columns that reset re-run their last segment packed.
+        state_T = tuple(s.index_select(1, seg.first_seg) for s in _unpack_state(self.kind, h_pad))
+        if seg.reset_cols.numel():
+            lengths = T - seg.last_start
+            rows = torch.arange(T, device=x.device).unsqueeze(1)
+            src_t = (seg.last_start.unsqueeze(0) + rows).clamp(max=T - 1)
+            last = x[src_t, seg.reset_cols.unsqueeze(0)] * (rows < lengths.unsqueeze(0)).unsqueeze(-1)
+            packed = pack_padded_sequence(last, lengths.cpu(), enforce_sorted=False)
+            _, h_last = self.net(packed)
+            state_T = tuple(
+                s.index_copy(1, seg.reset_cols, hl) for s, hl in zip(state_T, _unpack_state(self.kind, h_last))
+            )
+        return y, state_T
+
+    def _check(self, x: torch.Tensor, state0: State, is_first: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"core expects x of shape [T, B, {self.input_size}], got {tuple(x.shape)}")
+        if tuple(is_first.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"is_first must be [T, B] = {tuple(x.shape[:2])}, got {tuple(is_first.shape)}")
+        if len(state0) != self.n_state:
+            raise ValueError(f"{self.kind} state has {self.n_state} tensors, got {len(state0)}")
+        want = (self.num_layers, x.shape[1], self.hidden_size)
+        for s in state0:
+            if tuple(s.shape) != want:
+                raise ValueError(f"state tensor must be [layers, B, H] = {want}, got {tuple(s.shape)}")
+
+
+def _pack_state(kind: str, state: State) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    return (state[0], state[1]) if kind == "lstm" else state[0]
+
+
+def _unpack_state(kind: str, h: torch.Tensor | tuple[torch.Tensor, ...]) -> State:
+    return tuple(h) if kind == "lstm" else (h,)  # type: ignore[arg-type]
+
+
+class _Segments(NamedTuple):
+    """Index plan that lays the episode segments of a ``[T, B]`` window out as padded columns."""
+
+    n_seg: int
+    max_len: int
+    src: torch.Tensor  # [max_len * n_seg]: time-major source row of each padded cell (T*B = padding)
+    out_idx: torch.Tensor  # [T * B]: padded cell of each time-major source row
+    first_seg: torch.Tensor  # [B]: segment index of each column's first segment
+    reset_cols: torch.Tensor  # [R]: columns with a reset after t = 0
+    last_start: torch.Tensor  # [R]: start time of those columns' last segment
+
+
+def _segments(is_first: torch.Tensor) -> _Segments:
+    T, B = is_first.shape
+    dev = is_first.device
+    starts = is_first.t().clone()  # [B, T]: column-major so each segment is a contiguous run
+    starts[:, 0] = True
+    flat = starts.reshape(-1)
+    seg = torch.cumsum(flat.long(), 0) - 1  # segment id of every (b, t)
+    start_idx = torch.nonzero(flat).squeeze(1)
+    n_seg = start_idx.numel()
+    lengths = torch.diff(start_idx, append=start_idx.new_tensor([B * T]))
+    max_len = int(lengths.max())
+    pos = torch.arange(B * T, device=dev) - start_idx[seg]
+    dst = pos * n_seg + seg  # padded cell of every (b, t)
+    b = torch.arange(B, device=dev).repeat_interleave(T)
+    t = torch.arange(T, device=dev).repeat(B)
+    src = torch.full((max_len * n_seg,), T * B, dtype=torch.long, device=dev)
+    src[dst] = t * B + b
+    out_idx = torch.empty(T * B, dtype=torch.long, device=dev)
+    out_idx[t * B + b] = dst
+    reset_cols = torch.nonzero(is_first[1:].any(0)).squeeze(1)
+    last_seg = seg.view(B, T)[:, -1]
+    last_start = start_idx[last_seg].index_select(0, reset_cols) - reset_cols * T
+    return _Segments(n_seg, max_len, src, out_idx, seg.view(B, T)[:, 0], reset_cols, last_start)

@@ -1,0 +1,46 @@
+"""Run directories: train into one, load any algorithm's model back from one.
+
+A run directory holds ``config.json`` (resolved config, spaces, versions), ``model.safetensors``,
+``trainer.pt`` (resume state), ``progress.csv``, TensorBoard events under ``tb/``, ``curve.png`` and
+``summary.json`` (the final evaluation).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from recurl.checkpoint import CONFIG_FILE, read_json, write_json
+from recurl.errors import RecurlError
+from recurl.evaluation import evaluate_policy
+
+
+def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
+    """``runs/<env>__<algo>__<seed>__<time>`` (the CleanRL / SB3 naming users know)."""
+    return Path("runs") / f"{env_id.replace('/', '_')}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_model(run_dir: str | Path, device: str = "auto") -> Any:
+    """Load the model in ``run_dir`` whatever algorithm trained it."""
+    meta = read_json(Path(run_dir) / CONFIG_FILE)
+    algo = meta.get("algo")
+    if algo == "ppo":
+        from recurl.algos.ppo import RecurrentPPO
+
+        return RecurrentPPO.load(run_dir, device=device)
+    raise RecurlError(f"{run_dir}: unknown algorithm {algo!r} in config.json")
+
+
+def finish_run(model: Any, run_dir: str | Path, wall_time: float, episodes: int, seed: int = 10_000) -> dict:
+    """Evaluate a trained model deterministically and write ``summary.json``; returns the summary."""
+    result = evaluate_policy(model, n_episodes=episodes, seed=seed)
+    summary = {
+        "env": model.config.env,
+        "core": model.config.policy.core,
+        "env_steps": model.num_timesteps,
+        "wall_time_s": round(wall_time, 2),
+        **{k: v for k, v in result.items() if not isinstance(v, list)},
+    }
+    write_json(Path(run_dir) / "summary.json", summary)
+    return summary
