@@ -88,7 +88,8 @@ def plot_curve(csv_path: str | Path, png_path: str | Path) -> None:
         if pts:
             ax.plot(*zip(*pts), label=label)
     ax.set_xlabel("env steps")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

@@ -63,7 +63,7 @@ class PPOConfig:
 
     env: str = "recurl/TMaze-v0"
     """Gymnasium env id (recurl's ids, e.g. recurl/CartPoleNoVel-v1, or any registered id)."""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Keyword arguments for the env constructor, e.g. --env-kwargs length 40."""
     num_envs: int = 8
     """Parallel envs, each with its own recurrent state."""

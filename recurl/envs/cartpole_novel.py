@@ -18,15 +18,20 @@ def _space(full: gym.spaces.Box) -> gym.spaces.Box:
     return gym.spaces.Box(full.low[_KEEP], full.high[_KEEP], dtype=np.float32)
 
 
-class CartPoleNoVelEnv(gym.ObservationWrapper):
-    """Single env: ``CartPoleEnv`` whose observations are ``[x, theta]``."""
+class CartPoleNoVelEnv(CartPoleEnv):
+    """Single env: Gymnasium's ``CartPoleEnv`` whose observations are ``[x, theta]``."""
 
     def __init__(self, render_mode: str | None = None) -> None:
-        super().__init__(CartPoleEnv(render_mode=render_mode))
-        self.observation_space = _space(self.env.observation_space)
+        super().__init__(render_mode=render_mode)
+        self.observation_space = _space(self.observation_space)
 
-    def observation(self, observation: np.ndarray) -> np.ndarray:
-        return observation[_KEEP]
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = super().reset(seed=seed, options=options)
+        return obs[_KEEP], info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs[_KEEP], reward, terminated, truncated, info
 
 
 def make_cartpole_novel_vec(num_envs: int = 1, max_episode_steps: int = 500, **kwargs) -> gym.vector.VectorEnv:

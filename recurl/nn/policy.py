@@ -12,6 +12,7 @@ import gymnasium as gym
 import torch
 from torch import nn
 
+from recurl.errors import RecurlError
 from recurl.nn.encoders import Obs, ObsEncoder, RunningNorm, is_normalisable, mlp
 from recurl.nn.heads import ActionDist, ActionHead
 from recurl.nn.recurrent import CORE_KINDS, RecurrentCore, State
@@ -46,9 +47,9 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         if self.core not in CORE_KINDS:
-            raise ValueError(f"unknown core {self.core!r}: choose one of {', '.join(CORE_KINDS)}")
+            raise RecurlError(f"unknown core {self.core!r}: choose one of {', '.join(CORE_KINDS)}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+            raise RecurlError(f"unknown activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
 
 
 class _Tower(nn.Module):

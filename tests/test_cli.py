@@ -1,0 +1,80 @@
+"""The command line: a tiny run end to end, resume, and one clear error (no traceback) for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recurl.cli import main
+
+TINY = ["--env", "recurl/TMaze-v0", "--env-kwargs", "length", "3", "--num-envs", "2", "--n-steps", "8",
+        "--batch-size", "16", "--n-epochs", "1", "--eval-episodes", "4", "--quiet"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recurl.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_eval_resume_end_to_end(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "ppo", *TINY, "--total-steps", "64", "--core", "gru",
+                 "--checkpoint-every", "2", "--run-dir", str(run)]) == 0
+    for name in ("config.json", "model.safetensors", "trainer.pt", "progress.csv", "curve.png", "summary.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").iterdir()), "TensorBoard events missing"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["policy"]["core"] == "gru" and cfg["config"]["env_kwargs"] == {"length": 3}
+    res = _run("eval", str(run), "--episodes", "5", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["episodes"] == 5 and 0.0 <= out["success_rate"] <= 1.0
+    # Simulate a killed run: the trainer state says 32 steps were done; resume continues to 64.
+    from recurl.checkpoint import load_trainer_state, save_trainer_state
+
+    state = load_trainer_state(run / "trainer.pt")
+    state["num_timesteps"] = 32
+    save_trainer_state(run / "trainer.pt", state)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    rows = (run / "progress.csv").read_text().strip().splitlines()
+    assert rows[-1].startswith("64,")
+
+
+def test_text_enjoy(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--total-steps", "16", "--run-dir", str(run)]) == 0
+    assert main(["enjoy", str(run), "--episodes", "1"]) == 0
+    assert "episode 1: return" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["train", "--env", "NoSuchEnv-v0", "--quiet"], 1, "unknown env id"),
+        (["train", "--no-such-flag", "1"], 2, "no-such-flag"),
+        (["train", "--n-steps", "many"], 2, "many"),
+        (["train", "--core", "transformer"], 2, "transformer"),
+        (["train", "--preset", "nope"], 1, "unknown preset"),
+        (["train", "--n-steps", "8", "--seq-len", "3"], 1, "seq_len"),
+        (["eval", "/no/such/run"], 1, "no config.json"),
+        (["frobnicate"], 2, "unknown command"),
+    ],
+)
+def test_bad_input_is_one_clear_error(args: list[str], code: int, message: str) -> None:
+    res = _run(*args)
+    assert res.returncode == code, res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--total-steps", "16", "--run-dir", str(run)]) == 0
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+    res = _run("eval", str(run))
+    assert res.returncode == 1 and "corrupt model file" in res.stderr and "Traceback" not in res.stderr
+    (run / "config.json").write_text("{not json")
+    res = _run("eval", str(run))
+    assert res.returncode == 1 and "corrupt" in res.stderr

@@ -1,0 +1,150 @@
+"""Recurrent PPO: GAE by hand, rollout flags under NEXT_STEP autoreset, bootstrap state, save/load, predict."""
+
+import numpy as np
+import pytest
+import torch
+
+from recurl import RecurrentPPO
+from recurl.algos.ppo import EpisodeStats, RolloutBuffer, compute_gae
+from recurl.errors import RecurlError
+
+G, LAM = 0.9, 0.8
+
+
+def _gae(term: list[bool], trunc: list[bool], valid: list[bool]):
+    r = torch.tensor([[1.0], [2.0], [0.0], [3.0]])
+    v = torch.tensor([[0.5], [0.6], [0.7], [0.8], [0.9]])
+    f = lambda x: torch.tensor(x).view(4, 1)  # noqa: E731
+    return compute_gae(r, v, f(term), f(trunc), f(valid), G, LAM)
+
+
+def test_gae_termination_does_not_bootstrap() -> None:
+    # Episode ends (terminated) at t=1; t=2 is the autoreset step (invalid); t=3 starts a new episode.
+    adv, ret = _gae([False, True, False, False], [False] * 4, [True, True, False, True])
+    a1 = 2.0 - 0.6
+    a0 = (1.0 + G * 0.6 - 0.5) + G * LAM * a1
+    a3 = 3.0 + G * 0.9 - 0.8
+    torch.testing.assert_close(adv.view(-1), torch.tensor([a0, a1, 0.0, a3]))
+    torch.testing.assert_close(ret.view(-1), torch.tensor([a0 + 0.5, a1 + 0.6, 0.0, a3 + 0.8]))
+
+
+def test_gae_truncation_bootstraps_from_the_final_observation() -> None:
+    adv, _ = _gae([False] * 4, [False, True, False, False], [True, True, False, True])
+    a1 = 2.0 + G * 0.7 - 0.6  # V of the final observation (computed on the invalid step)
+    a0 = (1.0 + G * 0.6 - 0.5) + G * LAM * a1
+    torch.testing.assert_close(adv.view(-1)[:2], torch.tensor([a0, a1]))
+    assert adv[2].item() == 0.0
+
+
+def _model(**kw) -> RecurrentPPO:
+    base = dict(num_envs=2, n_steps=8, batch_size=16, n_epochs=1, seed=0, normalize_reward=False,
+                policy={"normalize_obs": False})
+    base.update(kw)
+    return RecurrentPPO(**base)
+
+
+def _collect(model: RecurrentPPO) -> RolloutBuffer:
+    cfg = model.config
+    model.env = model._make_env(cfg.num_envs)
+    model._obs, _ = model.env.reset(seed=0)
+    model._state = model.policy.initial_state(cfg.num_envs)
+    model._is_first = torch.ones(cfg.num_envs, dtype=torch.bool)
+    model._valid_np = np.ones(cfg.num_envs, bool)
+    model._valid = torch.ones(cfg.num_envs, dtype=torch.bool)
+    model._ret = np.zeros(cfg.num_envs)
+    buf = RolloutBuffer(cfg, model.obs_conv, (), torch.long, model.device)
+    model._collect(buf, EpisodeStats(cfg.num_envs))
+    return buf
+
+
+def test_rollout_flags_with_next_step_autoreset() -> None:
+    """Episodes of exactly 3 steps: the 4th step is the autoreset (invalid) and the 5th obs is first."""
+    model = _model(env="recurl/RepeatPrevious-v0", env_kwargs={"k": 1, "length": 3})
+    buf = _collect(model)
+    valid = buf.valid[:, 0].tolist()
+    first = buf.is_first[:, 0].tolist()
+    assert valid == [True, True, True, False, True, True, True, False]
+    assert first == [True, False, False, False, True, False, False, False]
+    assert buf.terminated[:, 0].tolist() == [False, False, True, False, False, False, True, False]
+    assert not buf.truncated.any()
+    assert (buf.rewards[~buf.valid] == 0).all()
+
+
+def test_truncation_is_not_termination_and_bootstrap_uses_the_episode_state() -> None:
+    model = _model(env="recurl/TMaze-v0", env_kwargs={"length": 10, "max_steps": 3}, n_steps=8)
+    buf = _collect(model)
+    assert buf.truncated[:, 0].tolist() == [False, False, True, False, False, False, True, False]
+    assert not buf.terminated.any()
+    # values[3] (invalid step) is V(final obs of episode 1) under episode 1's hidden state.
+    obs = buf.obs[:4, :1]
+    is_first = torch.tensor([[True], [False], [False], [False]])
+    with torch.no_grad():
+        _, v, _ = model.policy.unroll(obs, model.policy.initial_state(1), is_first)
+    torch.testing.assert_close(buf.values[:4, 0], v[:, 0])
+    # A zero state at the final observation would give a different value: the state matters.
+    with torch.no_grad():
+        _, v0, _ = model.policy.step(obs[3], model.policy.initial_state(1), torch.tensor([True]))
+    assert not torch.allclose(v0, v[3])
+    adv, _ = compute_gae(buf.rewards, buf.values, buf.terminated, buf.truncated, buf.valid, 0.99, 0.95)
+    assert (adv[~buf.valid] == 0).all()
+
+
+def test_chunk_states_are_the_states_entering_each_chunk() -> None:
+    model = _model(env="recurl/TMaze-v0", n_steps=8, seq_len=4, batch_size=8)
+    buf = _collect(model)
+    assert len(buf.chunk_states) == 2
+    with torch.no_grad():
+        _, _, s4 = model.policy.unroll(buf.obs[:4], buf.chunk_states[0], buf.is_first[:4])
+    for a, b in zip(s4, buf.chunk_states[1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_training_runs_and_save_load_gives_identical_actions_and_states(tmp_path) -> None:
+    model = _model(env="recurl/TMaze-v0", policy={"core": "gru"}, n_epochs=2).learn(64, progress=False)
+    model.save(tmp_path)
+    loaded = RecurrentPPO.load(tmp_path)
+    rng = np.random.default_rng(0)
+    s1 = s2 = None
+    for t in range(12):
+        obs = rng.random((3, 4)).astype(np.float32)
+        start = np.array([t == 0, t % 5 == 0, False])
+        a1, s1 = model.predict(obs, s1, start, deterministic=True)
+        a2, s2 = loaded.predict(obs, s2, start, deterministic=True)
+        np.testing.assert_array_equal(a1, a2)
+        for x, y in zip(s1, s2):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_predict_rejects_bad_input() -> None:
+    model = _model(env="recurl/TMaze-v0")
+    with pytest.raises(RecurlError, match="shape"):
+        model.predict(np.zeros(5, np.float32))
+    with pytest.raises(RecurlError, match="NaN"):
+        model.predict(np.array([0, np.nan, 0, 0], np.float32))
+    _, state = model.predict(np.zeros((2, 4), np.float32))
+    with pytest.raises(RecurlError, match="state shapes"):
+        model.predict(np.zeros((3, 4), np.float32), state)
+    with pytest.raises(RecurlError, match="dtype"):
+        model.predict(np.array(["a", "b", "c", "d"]))
+
+
+def test_unbatched_predict_returns_one_action() -> None:
+    model = _model(env="recurl/TMaze-v0")
+    a, state = model.predict(np.zeros(4, np.float32))
+    assert np.ndim(a) == 0 and state[0].shape == (1, 1, 64)
+
+
+@pytest.mark.parametrize("env_id,kw", [("recurl/RepeatPrevious-v0", {}), ("recurl/CartPoleNoVel-v1", {})])
+def test_every_core_trains_on_each_task(env_id: str, kw: dict) -> None:
+    for core in ("lstm", "gru", "rnn", "none"):
+        model = _model(env=env_id, env_kwargs=kw, policy={"core": core}).learn(32, progress=False)
+        assert model.num_timesteps == 32
+
+
+def test_bad_config_is_one_clear_error() -> None:
+    with pytest.raises(RecurlError, match="seq_len"):
+        _model(env="recurl/TMaze-v0", n_steps=8, seq_len=3)
+    with pytest.raises(RecurlError, match="unknown env id"):
+        _model(env="NoSuchEnv-v0")
+    with pytest.raises(RecurlError, match="unknown PPO option"):
+        _model(env="recurl/TMaze-v0", bogus=1)
