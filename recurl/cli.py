@@ -7,7 +7,6 @@ Every problem with the user's input ends as one ``recurl: error: ...`` line and 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -28,8 +27,10 @@ commands:
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from recurl.algos import ALGOS
+
     p = argparse.ArgumentParser(prog="recurl train", add_help=False)
-    p.add_argument("--algo", default=None, choices=["ppo"])
+    p.add_argument("--algo", default=None, choices=sorted(ALGOS))
     p.add_argument("--preset", default=None)
     p.add_argument("--run-dir", default=None)
     p.add_argument("--resume", default=None, metavar="RUN_DIR")
@@ -38,41 +39,41 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_HELP = """Train an agent. recurl's own options:
-  --algo ppo            algorithm (default: the preset's, else ppo)
+  --algo NAME           algorithm: {algos} (default: the preset's, else ppo)
   --preset NAME         start from a named preset ({presets}); later flags override it
   --run-dir DIR         where to write the run (default runs/<env>__<algo>__<seed>__<time>)
   --resume RUN_DIR      continue a killed run from its last checkpoint
   --quiet               no progress bar
-Config flags follow."""
+Config flags of the chosen algorithm follow."""
 
 
 def cmd_train(argv: list[str]) -> int:
     import tyro
 
-    from recurl.algos.ppo import PPOConfig, RecurrentPPO
+    from recurl.algos import ALGOS, algo_classes, build_config
+    from recurl.checkpoint import CONFIG_FILE, read_json
     from recurl.presets import PRESETS, preset
     from recurl.runs import default_run_dir, finish_run
 
     known, rest = _train_parser().parse_known_args(argv)
     if known.resume:
+        _, algo_cls = algo_classes(read_json(Path(known.resume) / CONFIG_FILE).get("algo", "?"))
         t0 = time.perf_counter()
-        model = RecurrentPPO.resume(known.resume, progress=not known.quiet)
+        model = algo_cls.resume(known.resume, progress=not known.quiet)
         _print_summary(finish_run(model, known.resume, time.perf_counter() - t0, model.config.eval_episodes))
         return 0
     algo, overrides = preset(known.preset) if known.preset else ("ppo", {})
     algo = known.algo or algo
-    pol = overrides.pop("policy", {})
-    base = PPOConfig(**overrides)
-    base = dataclasses.replace(base, policy=dataclasses.replace(base.policy, **pol))
+    cfg_cls, algo_cls = algo_classes(algo)
     cfg = tyro.cli(
-        PPOConfig, args=rest, default=base, prog="recurl train",
-        description=TRAIN_HELP.format(presets=", ".join(sorted(PRESETS))),
+        cfg_cls, args=rest, default=build_config(cfg_cls, overrides), prog=f"recurl train --algo {algo}",
+        description=TRAIN_HELP.format(algos=", ".join(ALGOS), presets=", ".join(sorted(PRESETS))),
         config=(tyro.conf.OmitArgPrefixes,),
     )
     run_dir = Path(known.run_dir) if known.run_dir else default_run_dir(cfg.env, algo, cfg.seed)
     print(f"training {algo} on {cfg.env} with core {cfg.policy.core} -> {run_dir}", file=sys.stderr)
     t0 = time.perf_counter()
-    model = RecurrentPPO(config=cfg)
+    model = algo_cls(config=cfg)
     model.learn(run_dir=run_dir, progress=not known.quiet)
     _print_summary(finish_run(model, run_dir, time.perf_counter() - t0, cfg.eval_episodes))
     return 0

@@ -11,6 +11,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from recurl.algos import build_config
 from recurl.algos.ppo import PPOConfig, RecurrentPPO
 from recurl.checkpoint import write_json
 from recurl.presets import preset
@@ -19,9 +20,8 @@ from recurl.runs import finish_run
 
 def _config(core: str, length: int, steps: int | None, seed: int) -> PPOConfig:
     _, overrides = preset("tmaze")
-    pol = overrides.pop("policy", {})
-    cfg = PPOConfig(**overrides)
-    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, **pol, core=core), seed=seed,
+    cfg = build_config(PPOConfig, overrides)
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, core=core), seed=seed,
                               env_kwargs={**cfg.env_kwargs, "length": length})
     return dataclasses.replace(cfg, total_steps=steps) if steps else cfg
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from recurl.checkpoint import CONFIG_FILE, read_json, write_json
-from recurl.errors import RecurlError
 from recurl.evaluation import evaluate_policy
 
 
@@ -23,13 +22,11 @@ def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
 
 def load_model(run_dir: str | Path, device: str = "auto") -> Any:
     """Load the model in ``run_dir`` whatever algorithm trained it."""
-    meta = read_json(Path(run_dir) / CONFIG_FILE)
-    algo = meta.get("algo")
-    if algo == "ppo":
-        from recurl.algos.ppo import RecurrentPPO
+    from recurl.algos import algo_classes
 
-        return RecurrentPPO.load(run_dir, device=device)
-    raise RecurlError(f"{run_dir}: unknown algorithm {algo!r} in config.json")
+    meta = read_json(Path(run_dir) / CONFIG_FILE)
+    _, algo_cls = algo_classes(meta.get("algo", "?"))
+    return algo_cls.load(run_dir, device=device)
 
 
 def finish_run(model: Any, run_dir: str | Path, wall_time: float, episodes: int, seed: int = 10_000) -> dict:

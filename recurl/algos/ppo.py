@@ -47,7 +47,7 @@ from recurl.checkpoint import (
 from recurl.envs import make_vec_env
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
-from recurl.nn.encoders import Obs, RunningNorm
+from recurl.nn.encoders import RunningNorm
 from recurl.nn.policy import PolicyConfig, RecurrentPolicy
 from recurl.nn.recurrent import State
 from recurl.obs import ObsConverter
@@ -282,7 +282,9 @@ class RecurrentPPO:
         self.n_updates = 0
         self.teacher: RecurrentPolicy | None = None
         if cfg.init_from:
-            src = RecurrentPPO.load(cfg.init_from, device=self.device)
+            from recurl.runs import load_model
+
+            src = load_model(cfg.init_from, device=str(self.device))
             try:
                 self.policy.load_state_dict(src.policy.state_dict())
             except RuntimeError as e:
