@@ -22,6 +22,11 @@ commands:
   eval     evaluate a run:   recurl eval RUN_DIR --episodes N [--json]
   enjoy    watch a run:      recurl enjoy RUN_DIR [--episodes N] [--gif out.gif]
   demo     the memory demo:  LSTM vs memoryless PPO on the T-maze, side by side
+  bench    speed and time-to-solve against sb3-contrib (writes docs/benchmarks.md)
+  melee    Melee imitation:  recurl melee prepare|train|eval ... (see docs/melee.md)
+  export   deploy a run:     recurl export RUN_DIR --onnx out.onnx (see docs/deployment.md)
+  record   save demos:       recurl record --env ID --from RUN_DIR --episodes N --out PATH (docs/imitation.md)
+  play     play by keyboard: recurl play ENV_ID [--episodes N] [--record PATH]
 
 `recurl COMMAND --help` lists each command's options."""
 
@@ -135,7 +140,68 @@ def cmd_demo(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "enjoy": cmd_enjoy, "demo": cmd_demo}
+def cmd_melee(argv: list[str]) -> int:
+    from recurl.melee.cli import melee_main
+
+    return melee_main(argv)
+
+
+def cmd_export(argv: list[str]) -> int:
+    from recurl.export import OPSET, export_onnx
+
+    p = argparse.ArgumentParser(prog="recurl export",
+                                description="Export a run's acting policy to ONNX with explicit recurrent state.")
+    p.add_argument("run_dir")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX file")
+    p.add_argument("--opset", type=int, default=OPSET)
+    a = p.parse_args(argv)
+    meta = export_onnx(a.run_dir, a.onnx, opset=a.opset)
+    print(f"wrote {a.onnx}\n  inputs:  " + ", ".join(d["name"] for d in meta["inputs"])
+          + "\n  outputs: " + ", ".join(d["name"] for d in meta["outputs"]))
+    return 0
+
+
+def cmd_record(argv: list[str]) -> int:
+    from recurl.record import record_run
+
+    p = argparse.ArgumentParser(prog="recurl record",
+                                description="Roll out a trained agent and save its episodes as a Minari dataset.")
+    p.add_argument("--from", dest="run_dir", required=True, metavar="RUN_DIR", help="the trained run to roll out")
+    p.add_argument("--out", required=True, metavar="PATH", help="new dataset directory, named NAME-vN")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--env", default=None, help="env id (default: the run's own env)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+    a = p.parse_args(argv)
+    path, stats = record_run(a.run_dir, a.out, a.episodes, a.env, not a.stochastic, a.seed)
+    print(f"wrote {a.episodes} episodes to {path}: mean return {stats['mean_return']:.3f}, "
+          f"success rate {stats['success_rate']:.3f}")
+    return 0
+
+
+def cmd_play(argv: list[str]) -> int:
+    from recurl.envs.play import play
+
+    p = argparse.ArgumentParser(prog="recurl play", description="Play an env by keyboard in the terminal.")
+    p.add_argument("env_id")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--record", default=None, metavar="PATH", help="save the finished episodes as a Minari dataset")
+    a = p.parse_args(argv)
+    play(a.env_id, a.episodes, record=a.record, seed=a.seed)
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from recurl.bench import main_bench
+
+    return main_bench(argv)
+
+
+COMMANDS = {
+    "train": cmd_train, "eval": cmd_eval, "enjoy": cmd_enjoy, "demo": cmd_demo, "bench": cmd_bench,
+    "melee": cmd_melee, "export": cmd_export, "record": cmd_record, "play": cmd_play,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

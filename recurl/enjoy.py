@@ -44,13 +44,14 @@ def enjoy(run_dir: str | Path, episodes: int = 3, seed: int = 0, gif: str | None
                 frames.append(np.asarray(frame))
             else:
                 sys.stdout.write(f"--- episode {ep + 1}\n{frame}")
-            dist, _, state = model.policy.step(conv.to_torch(obs, model.device), state, is_first)
+            dist, state = model.policy.act(conv.to_torch(obs, model.device), state, is_first)
             obs, reward, term, trunc, info = env.step(model._env_action(dist.mode()))
             is_first[:] = False
             total += float(reward[0])
             done = bool(term[0] or trunc[0])
         success = info.get("success")
-        print(f"episode {ep + 1}: return {total:.3f}" + (f", success {bool(success[0])}" if success is not None else ""))
+        tail = f", success {bool(success[0])}" if success is not None else ""
+        print(f"episode {ep + 1}: return {total:.3f}{tail}")
     env.close()
     if gif:
         from PIL import Image

@@ -47,7 +47,7 @@ def run_episodes(
     done_count = np.zeros(n, np.int64)
     box = isinstance(env.single_action_space, gym.spaces.Box)
     while (done_count < quota).any():
-        dist, _, state = policy.step(conv.to_torch(obs, device), state, is_first)
+        dist, state = policy.act(conv.to_torch(obs, device), state, is_first)
         action = (dist.mode() if deterministic else dist.sample()).cpu().numpy()
         if box:
             action = np.clip(action, env.single_action_space.low, env.single_action_space.high)

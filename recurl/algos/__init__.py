@@ -16,6 +16,8 @@ from recurl.errors import RecurlError
 
 ALGOS: dict[str, tuple[str, str, str]] = {
     "ppo": ("recurl.algos.ppo", "PPOConfig", "RecurrentPPO"),
+    "r2d2": ("recurl.algos.r2d2", "R2D2Config", "R2D2"),
+    "bc": ("recurl.algos.bc", "BCConfig", "BehaviourCloning"),
 }
 
 

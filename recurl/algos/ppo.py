@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,7 @@ class RecurrentPPO:
         self.policy = RecurrentPolicy(obs_space, action_space, cfg.policy).to(self.device)
         self.obs_conv = ObsConverter(obs_space)
         self.reward_norm = RunningNorm(()).to(self.device)  # variance of the discounted return
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
         self.num_timesteps = 0
         self.n_updates = 0
         self.teacher: RecurrentPolicy | None = None
@@ -370,80 +371,91 @@ class RecurrentPPO:
         lr = cfg.learning_rate * (1.0 - progress if cfg.anneal_lr else 1.0)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        logs: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "kl", "clipfrac", "teacher_kl")}
+        one_batch = cfg.seqs_per_batch == n_seq  # the whole rollout is one minibatch: no gathering needed
+        logs: dict[str, list[torch.Tensor]] = {}
         for _epoch in range(cfg.n_epochs):
             perm = torch.randperm(n_seq, device=self.device)
-            stop = False
             for start in range(0, n_seq - cfg.seqs_per_batch + 1, cfg.seqs_per_batch):
                 idx = perm[start : start + cfg.seqs_per_batch]
-                mb_obs = self.obs_conv.map(seq["obs"], lambda x, idx=idx: x[:, idx])
-                mask = seq["valid"][:, idx].float()
-                n_valid = mask.sum().clamp(min=1.0)
-                dist, value, _ = pol.unroll(mb_obs, tuple(s[:, idx] for s in states), seq["is_first"][:, idx])
-                logp = dist.log_prob(seq["actions"][:, idx])
-                log_ratio = logp - seq["logp"][:, idx]
-                ratio = log_ratio.exp()
-                a = seq["adv"][:, idx]
-                if cfg.normalize_advantage:
-                    mean = (a * mask).sum() / n_valid
-                    std = (((a - mean) * mask).pow(2).sum() / n_valid).sqrt()
-                    a = (a - mean) / (std + 1e-8)
-                pg_loss = -(torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a) * mask).sum() / n_valid
-                ret = seq["returns"][:, idx]
-                if cfg.clip_range_vf is not None:
-                    old_v = seq["values"][:, idx]
-                    value = old_v + (value - old_v).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-                vf_loss = ((value - ret).pow(2) * mask).sum() / n_valid
-                entropy = (dist.entropy() * mask).sum() / n_valid
-                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        t_dist, _, _ = self.teacher.unroll(mb_obs, tuple(s[:, idx] for s in teacher_states),
-                                                          seq["is_first"][:, idx])
-                    t_kl = (dist.kl(t_dist) * mask).sum() / n_valid
-                    loss = loss + cfg.kl_teacher * t_kl
-                    logs["teacher_kl"].append(float(t_kl.detach()))
+                mb = seq if one_batch else {k: self.obs_conv.map(v, lambda x, idx=idx: x[:, idx]) if k == "obs"
+                                            else v[:, idx] for k, v in seq.items()}
+                mb_states = states if one_batch else tuple(s[:, idx] for s in states)
+                mb_teacher = teacher_states if one_batch else tuple(s[:, idx] for s in teacher_states)
+                loss, stats = self._loss(mb, mb_states, mb_teacher, clip)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(pol.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(pol.parameters(), cfg.max_grad_norm, foreach=True)
                 self.optimizer.step()
-                with torch.no_grad():
-                    approx_kl = float((((ratio - 1) - log_ratio) * mask).sum() / n_valid)
-                    logs["clipfrac"].append(float((((ratio - 1).abs() > clip).float() * mask).sum() / n_valid))
-                logs["pg"].append(float(pg_loss.detach()))
-                logs["vf"].append(float(vf_loss.detach()))
-                logs["ent"].append(float(entropy.detach()))
-                logs["kl"].append(approx_kl)
-                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
-                    stop = True
-                    break
-            if stop:
+                for k, v in stats.items():
+                    logs.setdefault(k, []).append(v)
+            if cfg.target_kl is not None and float(logs["approx_kl"][-1]) > 1.5 * cfg.target_kl:
                 break
+        means = {k: float(torch.stack(v).mean()) for k, v in logs.items()}
         # Fold this rollout's observations into the normaliser only now, so that acting and every
         # epoch of this update saw the same statistics (the PPO ratio starts at exactly 1).
         pol.update_normalizer(buf.obs, buf.valid)
         self.n_updates += 1
         v, r = buf.values[:-1][buf.valid], returns[buf.valid]
         explained = float(1 - (r - v).var() / r.var()) if r.numel() > 1 and r.var() > 0 else float("nan")
-        out = {
-            "train/policy_gradient_loss": float(np.mean(logs["pg"])),
-            "train/value_loss": float(np.mean(logs["vf"])),
-            "train/entropy_loss": -float(np.mean(logs["ent"])),
-            "train/approx_kl": float(np.mean(logs["kl"])),
-            "train/clip_fraction": float(np.mean(logs["clipfrac"])),
+        return {
+            "train/policy_gradient_loss": means["pg_loss"],
+            "train/value_loss": means["vf_loss"],
+            "train/entropy_loss": -means["entropy"],
+            "train/approx_kl": means["approx_kl"],
+            "train/clip_fraction": means["clip_fraction"],
+            **({"train/teacher_kl": means["teacher_kl"]} if "teacher_kl" in means else {}),
             "train/clip_range": clip,
             "train/learning_rate": lr,
             "train/explained_variance": explained,
             "train/n_updates": self.n_updates,
         }
-        if logs["teacher_kl"]:
-            out["train/teacher_kl"] = float(np.mean(logs["teacher_kl"]))
-        return out
+
+    def _loss(self, mb: dict[str, Any], states: State, teacher_states: State,
+              clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """PPO loss on a minibatch of sequences (every tensor ``[L, n, ...]``), masked to valid steps.
+
+        ``L^CLIP - c1 L^VF + c2 S`` (Schulman et al. 2017, eq. 9), plus ``kl_teacher * KL(pi || teacher)``.
+        """
+        cfg = self.config
+        mask = mb["valid"].float()
+        n_valid = mask.sum().clamp(min=1.0)
+
+        def masked_mean(x: torch.Tensor) -> torch.Tensor:
+            return (x * mask).sum() / n_valid
+
+        dist, value, _ = self.policy.unroll(mb["obs"], states, mb["is_first"], return_state=False)
+        log_ratio = dist.log_prob(mb["actions"]) - mb["logp"]
+        ratio = log_ratio.exp()
+        adv = mb["adv"]
+        if cfg.normalize_advantage:
+            mean = masked_mean(adv)
+            adv = (adv - mean) / (masked_mean((adv - mean).pow(2)).sqrt() + 1e-8)
+        pg_loss = -masked_mean(torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv))
+        if cfg.clip_range_vf is not None:
+            old_v = mb["values"]
+            value = old_v + (value - old_v).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+        vf_loss = masked_mean((value - mb["returns"]).pow(2))
+        entropy = masked_mean(dist.entropy())
+        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
+        stats = {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": entropy}
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_dist, _, _ = self.teacher.unroll(mb["obs"], teacher_states, mb["is_first"], return_state=False)
+            stats["teacher_kl"] = masked_mean(dist.kl(t_dist))
+            loss = loss + cfg.kl_teacher * stats["teacher_kl"]
+        with torch.no_grad():
+            stats["approx_kl"] = masked_mean((ratio - 1) - log_ratio)
+            stats["clip_fraction"] = masked_mean(((ratio - 1).abs() > clip).float())
+        return loss, {k: v.detach() for k, v in stats.items()}
 
     # -- the training loop ---------------------------------------------------------------------------------
     def learn(self, total_steps: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
-              resume_state: dict[str, Any] | None = None) -> RecurrentPPO:
-        """Train for ``total_steps`` env steps (default: the config's), logging into ``run_dir``."""
+              resume_state: dict[str, Any] | None = None,
+              callback: Callable[[RecurrentPPO], bool] | None = None) -> RecurrentPPO:
+        """Train until ``total_steps`` env steps in all (default: the config's), logging into ``run_dir``.
+
+        ``callback(model)`` runs after every update; returning ``False`` stops training early.
+        """
         cfg = self.config
         total = total_steps if total_steps is not None else cfg.total_steps
         steps_per_update = cfg.n_steps * cfg.num_envs
@@ -479,6 +491,8 @@ class RecurrentPPO:
                 logger.log(self.num_timesteps, logs)
                 if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
                     self.checkpoint(run_dir, stats)
+                if callback is not None and callback(self) is False:
+                    break
         finally:
             logger.close()
             self.env.close()
@@ -508,22 +522,26 @@ class RecurrentPPO:
         if state is None:
             torch_state = self.policy.initial_state(n, self.device)
         else:
-            torch_state = tuple(torch.as_tensor(np.asarray(s), dtype=torch.float32, device=self.device)
-                                for s in state)
-            expect = tuple(tuple(s.shape) for s in self.policy.initial_state(n, "cpu"))
-            got = tuple(tuple(s.shape) for s in torch_state)
-            if got != expect:
-                raise RecurlError(f"state shapes {got} do not match {n} observation(s): expected {expect}; "
-                                  "pass the state returned by the previous predict call, or None")
+            torch_state = tuple(torch.as_tensor(s, dtype=torch.float32, device=self.device) for s in state)
+            expect = [(L, n, H) for L, _, H in self._state_shapes()]
+            if [tuple(s.shape) for s in torch_state] != expect:
+                raise RecurlError(f"state shapes {[tuple(s.shape) for s in torch_state]} do not match {n} "
+                                  f"observation(s): expected {expect}; pass the state returned by the previous "
+                                  "predict call, or None")
         if episode_start is None:
             is_first = torch.full((n,), state is None, dtype=torch.bool, device=self.device)
         else:
             is_first = torch.as_tensor(np.asarray(episode_start, bool).reshape(n), device=self.device)
         with torch.inference_mode():
-            dist, _, new_state = self.policy.step(obs, torch_state, is_first)
+            dist, new_state = self.policy.act(obs, torch_state, is_first)
             action = dist.mode() if deterministic else dist.sample()
         a = self._env_action(action)
         return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
+
+    def _state_shapes(self) -> list[tuple[int, int, int]]:
+        if not hasattr(self, "_shapes"):
+            self._shapes = [tuple(s.shape) for s in self.policy.initial_state(1, "cpu")]
+        return self._shapes
 
     # -- persistence -------------------------------------------------------------------------------------
     def _config_json(self) -> dict[str, Any]:

@@ -8,10 +8,13 @@ number; ``q`` quits.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from recurl.errors import RecurlError
 
 _FIELDS = ("obs", "actions", "rewards", "terminated", "truncated")
 
@@ -43,14 +46,13 @@ def play(
     Args:
         env_id: registered id, e.g. ``"recurl/SwampTour-ruin_2swamp-v0"``.
         episodes: number of episodes to play.
-        record: reserved for saving the episodes (not handled here yet; must be ``None``).
+        record: a new Minari dataset directory (``NAME-vN``) to save the finished episodes in; an
+            episode cut short by ``q`` is not saved.
         read_key: called with a prompt, returns the typed line (inject a fake for tests).
         seed: seed of the first reset.
         show: receives the text picture and messages (``print`` by default).
         **env_kwargs: passed to ``gymnasium.make``.
     """
-    if record is not None:
-        raise NotImplementedError("play(record=...) is not wired yet; save the returned episodes yourself")
     if env_id.startswith("recurl/SwampTour-"):
         from recurl.envs.swamptour import register_swamptour
 
@@ -58,6 +60,8 @@ def play(
     env = gym.make(env_id, render_mode="ansi", **env_kwargs)
     if not isinstance(env.action_space, gym.spaces.Discrete):
         raise TypeError(f"play() needs a Discrete action space, {env_id} has {env.action_space}")
+    if record is not None and Path(record).exists():  # fail before the human plays, not after
+        raise RecurlError(f"{record} already exists: choose a new dataset path")
     keys = _key_map(env)
     names = ", ".join(f"{k}={a}" for k, a in keys.items())
     prompt = f"action ({names}, q quits): "
@@ -73,6 +77,7 @@ def play(
             while not done:
                 key = read_key(prompt).strip().lower()
                 if key == "q":
+                    _save(record, played, env_id, env_kwargs)
                     return played
                 if key not in keys:
                     show(f"unknown key {key!r}")
@@ -86,4 +91,16 @@ def play(
             show(f"episode {ep + 1}: return {sum(data['rewards']):.2f} in {len(data['actions'])} steps")
     finally:
         env.close()
+    _save(record, played, env_id, env_kwargs)
     return played
+
+
+def _save(record: str | None, played: list[dict[str, list[Any]]], env_id: str, env_kwargs: dict[str, Any]) -> None:
+    """Write the finished episodes of ``played`` to the dataset ``record`` (nothing when ``None``)."""
+    finished = [ep for ep in played if ep["actions"] and (ep["terminated"][-1] or ep["truncated"][-1])]
+    if record is None or not finished:
+        return
+    from recurl.data.trajectories import episode_from_lists, write_dataset
+
+    write_dataset(record, [episode_from_lists(*(ep[k] for k in _FIELDS)) for ep in finished], env_id, env_kwargs,
+                  algorithm_name="human (recurl play)", description="keyboard episodes recorded with recurl play")

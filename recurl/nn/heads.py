@@ -21,9 +21,9 @@ class ActionDist:
                  splits: list[int] | None = None) -> None:
         self.kind, self.params, self.log_std, self.splits = kind, params, log_std, splits
         if kind == "categorical":
-            self.logits = params - params.logsumexp(-1, keepdim=True)
+            self.logits = torch.log_softmax(params, -1)
         elif kind == "multi":
-            self.logits_list = [p - p.logsumexp(-1, keepdim=True) for p in params.split(splits, dim=-1)]
+            self.logits_list = [torch.log_softmax(p, -1) for p in params.split(splits, dim=-1)]
 
     def sample(self) -> torch.Tensor:
         if self.kind == "categorical":

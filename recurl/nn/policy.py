@@ -30,6 +30,8 @@ class PolicyConfig:
     """Units per recurrent layer."""
     num_layers: int = 1
     """Stacked recurrent layers."""
+    forget_bias: float = 1.0
+    """Initial LSTM forget-gate bias; larger values help the untrained core carry a cue over long delays."""
     encoder_hidden: tuple[int, ...] = (64,)
     """MLP sizes between the observation encoding and the core (empty: feed the encoding directly)."""
     head_hidden: tuple[int, ...] = ()
@@ -59,12 +61,14 @@ class _Tower(nn.Module):
         super().__init__()
         act = ACTIVATIONS[cfg.activation]
         self.encoder = ObsEncoder(obs_space, cfg.encoder_hidden, act, cfg.embed_dim)
-        self.core = RecurrentCore(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers)
+        self.core = RecurrentCore(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers, cfg.forget_bias)
         self.mlp = mlp([cfg.hidden_size, *cfg.head_hidden], act)
         self.out_dim = cfg.head_hidden[-1] if cfg.head_hidden else cfg.hidden_size
 
-    def unroll(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
-        y, state = self.core.unroll(self.encoder(obs), state, is_first)
+    def unroll(
+        self, obs: Obs, state: State, is_first: torch.Tensor, return_state: bool = True
+    ) -> tuple[torch.Tensor, State]:
+        y, state = self.core.unroll(self.encoder(obs), state, is_first, return_state)
         return self.mlp(y), state
 
 
@@ -123,23 +127,36 @@ class RecurrentPolicy(nn.Module):
             norm.update(x[mask])
 
     # -- acting and training ----------------------------------------------------------------------------
-    def unroll(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[ActionDist, torch.Tensor, State]:
+    def unroll(
+        self, obs: Obs, state: State, is_first: torch.Tensor, return_state: bool = True
+    ) -> tuple[ActionDist, torch.Tensor, State]:
         """``obs[T, B, ...]``, ``is_first[T, B]`` -> (action distribution over ``[T, B]``, value ``[T, B]``,
-        state after the last step)."""
+        state after the last step; ``()`` when ``return_state`` is false)."""
         obs = self.normalize(obs)
         a_state, c_state = state[: self._n_actor], state[self._n_actor :]
-        h_pi, a_state = self.actor.unroll(obs, a_state, is_first)
-        if self.critic is None:
-            h_v = h_pi
-        else:
-            h_v, c_state = self.critic.unroll(obs, c_state, is_first)
-        return self.pi(h_pi), self.v(h_v).squeeze(-1), a_state + c_state
+        h_pi, a_state = self.actor.unroll(obs, a_state, is_first, return_state)
+        h_v = h_pi
+        if self.critic is not None:
+            h_v, c_state = self.critic.unroll(obs, c_state, is_first, return_state)
+        return self.pi(h_pi), self.v(h_v).squeeze(-1), tuple(a_state) + tuple(c_state)
 
     def step(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[ActionDist, torch.Tensor, State]:
         """One step: ``obs[B, ...]``, ``is_first[B]`` -> (distribution over ``[B]``, value ``[B]``, state)."""
         obs1 = {k: v.unsqueeze(0) for k, v in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(0)
         dist, value, state = self.unroll(obs1, state, is_first.unsqueeze(0))
         return _squeeze_dist(dist), value.squeeze(0), state
+
+
+    def act(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[ActionDist, State]:
+        """Acting only: one step of the actor, ``obs[B, ...]``, ``is_first[B]`` -> (distribution, state).
+
+        Skips the critic (half the work with separate cores); its part of the state is passed through
+        unchanged, so use either ``act`` or ``step`` for a whole episode, not both.
+        """
+        obs1 = {k: v.unsqueeze(0) for k, v in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(0)
+        a_state = state[: self._n_actor]
+        h_pi, a_state = self.actor.unroll(self.normalize(obs1), a_state, is_first.unsqueeze(0))
+        return _squeeze_dist(self.pi(h_pi)), tuple(a_state) + tuple(state[self._n_actor :])
 
 
 def _squeeze_dist(dist: ActionDist) -> ActionDist:

@@ -20,6 +20,7 @@ zeros, so gradients cannot cross the cut by construction (see ``bench/bench_core
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import torch
@@ -45,9 +46,13 @@ class RecurrentCore(nn.Module):
         hidden_size: H, units per layer (also the output width).
         num_layers: stacked layers (``none``: stacked Linear+tanh layers, so the baseline has a
             comparable depth and output scale).
+        forget_bias: initial LSTM forget-gate bias (1.0: Jozefowicz et al. 2015, Keras's default; larger
+            values make the untrained cell remember longer, which long-delay tasks need).
     """
 
-    def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+    def __init__(
+        self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1, forget_bias: float = 1.0
+    ) -> None:
         super().__init__()
         if kind not in CORE_KINDS:
             raise ValueError(f"unknown core {kind!r}: choose one of {', '.join(CORE_KINDS)}")
@@ -66,12 +71,11 @@ class RecurrentCore(nn.Module):
             cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
             self.net = cls(input_size, hidden_size, num_layers=num_layers)
             if kind == "lstm":
-                # Unit forget-gate bias (Jozefowicz et al. 2015; Keras's default): the cell starts out
-                # remembering (forget gate ~0.73 rather than ~0.5), which long memory tasks need.
+                # The cell starts out remembering (forget gate sigmoid(1) ~ 0.73 rather than ~0.5).
                 with torch.no_grad():
                     for name, p in self.net.named_parameters():
                         if name.startswith("bias_ih"):
-                            p[hidden_size : 2 * hidden_size].fill_(1.0)
+                            p[hidden_size : 2 * hidden_size].fill_(forget_bias)
                         elif name.startswith("bias_hh"):
                             p[hidden_size : 2 * hidden_size].zero_()
 
@@ -97,10 +101,14 @@ class RecurrentCore(nn.Module):
         return y.squeeze(0), new_state
 
     # -- training -------------------------------------------------------------------------------------
-    def unroll(self, x: torch.Tensor, state0: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
+    def unroll(
+        self, x: torch.Tensor, state0: State, is_first: torch.Tensor, return_state: bool = True
+    ) -> tuple[torch.Tensor, State]:
         """Run ``T`` steps. ``x[T, B, F]``, ``state0`` tensors ``[L, B, H]``, ``is_first[T, B]`` bool.
 
         Returns ``(y[T, B, H], state_T)``, where ``state_T`` is the state after the last step.
+        ``return_state=False`` returns ``()`` instead, which saves work when a window with resets is
+        only trained on (PPO), not continued.
         """
         self._check(x, state0, is_first)
         if self.kind == "none":
@@ -111,9 +119,11 @@ class RecurrentCore(nn.Module):
         if x.shape[0] == 1 or not bool(is_first[1:].any()):
             y, hT = self.net(x, _pack_state(self.kind, h0))
             return y, _unpack_state(self.kind, hT)
-        return self._unroll_segments(x, h0, is_first)
+        return self._unroll_segments(x, h0, is_first, return_state)
 
-    def _unroll_segments(self, x: torch.Tensor, h0: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
+    def _unroll_segments(
+        self, x: torch.Tensor, h0: State, is_first: torch.Tensor, return_state: bool
+    ) -> tuple[torch.Tensor, State]:
         """Cut every column at its resets; run all episode segments side by side in one fused call.
 
         Segment ``k`` becomes column ``k`` of a ``[L, n_seg, F]`` batch (``L`` = longest segment), left
@@ -123,13 +133,15 @@ class RecurrentCore(nn.Module):
         ``PackedSequence`` on CPU, whose backward zero-fills a full gradient buffer per time step.
         """
         T, B, F = x.shape
-        seg = _segments(is_first)
+        seg = _segment_plan(is_first.cpu().numpy().tobytes(), T, B, str(x.device))
         n_seg = seg.n_seg
         x_flat = torch.cat([x.reshape(T * B, F), x.new_zeros(1, F)])  # row T*B is the padding row
         x_pad = x_flat.index_select(0, seg.src).view(seg.max_len, n_seg, F)
         h0_seg = tuple(s.new_zeros(s.shape[0], n_seg, s.shape[2]).index_copy(1, seg.first_seg, s) for s in h0)
         y_pad, h_pad = self.net(x_pad, _pack_state(self.kind, h0_seg))
         y = y_pad.reshape(seg.max_len * n_seg, -1).index_select(0, seg.out_idx).view(T, B, -1)
+        if not return_state:
+            return y, ()
         # Final state: a column without a reset after t=0 has one segment of length T == max_len, so
         # the padded run's final state is exact. Columns that reset re-run their last segment packed.
         state_T = tuple(s.index_select(1, seg.first_seg) for s in _unpack_state(self.kind, h_pad))
@@ -176,6 +188,13 @@ class _Segments(NamedTuple):
     first_seg: torch.Tensor  # [B]: segment index of each column's first segment
     reset_cols: torch.Tensor  # [R]: columns with a reset after t = 0
     last_start: torch.Tensor  # [R]: start time of those columns' last segment
+
+
+@functools.lru_cache(maxsize=32)
+def _segment_plan(is_first_bytes: bytes, T: int, B: int, device: str) -> _Segments:
+    """Cached by the flags' content: PPO unrolls the same windows every epoch, actor and critic alike."""
+    is_first = torch.frombuffer(bytearray(is_first_bytes), dtype=torch.bool).view(T, B).to(device)
+    return _segments(is_first)
 
 
 def _segments(is_first: torch.Tensor) -> _Segments:

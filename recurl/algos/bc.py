@@ -1,0 +1,491 @@
+"""Recurrent behaviour cloning: maximum likelihood of a dataset's actions by truncated BPTT over chunks.
+
+Reading order: config -> the delay shift -> the chunk streamer -> the action-delay env wrapper -> the
+user-facing class.
+
+How memory is handled, in one place:
+- Training pairs come from whole episodes (:mod:`recurl.data.trajectories`). Each of the ``batch_size``
+  rows of a batch streams its own queue of episodes back to back. A row's stream is cut into chunks of
+  ``chunk_len`` steps; chunk ``k + 1`` of a row starts from the row's state after chunk ``k``, detached
+  (truncated BPTT: gradients stay within a chunk, memory flows across chunks).
+- When a row's episode ends inside a chunk, the row's next episode starts right there, in the same
+  chunk, with ``is_first`` set on its first step; the core zeroes the state at that step (inside the
+  core, nowhere else), so nothing leaks between episodes in either direction. No padding is needed,
+  except at the end of an epoch, where a row that has run out of episodes is padded and masked out.
+- Episodes are dealt to rows after a shuffle, each to the row with the fewest steps so far, so the rows
+  end within one episode of each other and padding stays small.
+
+Action delay ``D`` (as in Melee imitation): the model sees observation ``t`` and predicts the action
+taken ``D`` steps later, ``a[t + D]``; at run time the action computed from observation ``t`` is executed
+at step ``t + D`` (:class:`ActionDelay`; the first ``D`` steps of an episode execute a default action).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from recurl.algos import build_config
+from recurl.algos.ppo import RecurrentPPO
+from recurl.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TRAINER_FILE,
+    load_trainer_state,
+    load_weights,
+    read_json,
+    save_trainer_state,
+    save_weights,
+    space_from_json,
+    space_to_json,
+    write_json,
+)
+from recurl.data.trajectories import Episode, ObsArray, TrajectoryDataset, dataset_env, load_dataset
+from recurl.envs import make_vec_env
+from recurl.errors import RecurlError
+from recurl.logger import RunLogger
+from recurl.nn.encoders import Obs
+from recurl.nn.heads import ActionDist
+from recurl.nn.policy import PolicyConfig, RecurrentPolicy
+from recurl.obs import ObsConverter
+from recurl.util import pick_device, set_seed, set_threads
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BCConfig:
+    """Behaviour-cloning settings. Every field is a ``recurl train --algo bc`` flag (``--chunk-len 16``)."""
+
+    dataset: str = ""
+    """Minari dataset directory to clone (written by `recurl record` or `recurl play --record`)."""
+    env: str = ""
+    """Env to evaluate on; empty: the env named in the dataset's metadata."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Env constructor arguments (default: the dataset's when env is empty)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """Network shape (use the same one for `recurl train --algo ppo --init-from` afterwards)."""
+    chunk_len: int = 32
+    """Truncated-BPTT chunk length: gradients flow back at most this many steps; the state flows on."""
+    batch_size: int = 16
+    """Rows per batch: episode streams trained side by side (each carries its own state)."""
+    action_delay: int = 0
+    """D: observation t is trained to predict action t + D, which runs at step t + D (Melee's delay)."""
+    val_fraction: float = 0.1
+    """Fraction of the episodes held out (split by episode) for the early-stopping loss."""
+    max_epochs: int = 100
+    """Passes over the training episodes."""
+    max_steps: int = 0
+    """Stop after this many gradient steps (0: no limit)."""
+    patience: int = 10
+    """Stop when the held-out loss has not improved for this many epochs; the best weights are kept."""
+    learning_rate: float = 1e-3
+    """Adam step size."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip."""
+    seed: int = 0
+    """Seed for the split, the shuffles and the network init."""
+    eval_episodes: int = 100
+    """Episodes of the final deterministic evaluation in the env, written to summary.json."""
+    checkpoint_every: int = 5
+    """Save a resumable checkpoint every this many epochs."""
+    device: str = "auto"
+    """cpu, cuda or auto (cuda when available)."""
+    threads: int = 0
+    """Torch CPU threads (0: one)."""
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise RecurlError(f"bad BC option: {msg}")
+
+        if self.chunk_len < 1 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
+            bad("chunk_len, batch_size, max_epochs and patience must be >= 1")
+        if self.action_delay < 0 or self.max_steps < 0 or self.checkpoint_every < 1:
+            bad("action_delay and max_steps must be >= 0, checkpoint_every >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.dataset and not self.env:
+            # Resolved here, once, so the run name, config.json and evaluation all see the real env.
+            env, kwargs = dataset_env(self.dataset)
+            if env is None:
+                bad(f"the dataset {self.dataset} names no env: pass --env ID")
+            object.__setattr__(self, "env", env)
+            object.__setattr__(self, "env_kwargs", {**kwargs, **self.env_kwargs})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The delay shift
+# ---------------------------------------------------------------------------------------------------
+def _leaves(obs: ObsArray) -> dict[str | None, np.ndarray]:
+    return obs if isinstance(obs, dict) else {None: obs}  # type: ignore[return-value]
+
+
+def _unleaves(leaves: dict[str | None, Any]) -> Any:
+    return leaves[None] if list(leaves) == [None] else leaves
+
+
+def delayed_pairs(ep: Episode, delay: int) -> tuple[ObsArray, np.ndarray]:
+    """Training inputs and targets of one episode of ``T`` steps under action delay ``D``.
+
+    Returns ``(obs[T - D, ...], targets[T - D, ...])`` with ``targets[t] = actions[t + D]``: observation
+    ``t`` is paired with the action taken ``D`` steps later. The final observation (after the last
+    action) and the last ``D`` observations have no target and are dropped; so are the first ``D``
+    actions, which were chosen before the episode's first observation could have been seen.
+    """
+    n = max(len(ep) - delay, 0)
+    obs = _unleaves({k: v[:n] for k, v in _leaves(ep.observations).items()})
+    return obs, ep.actions[delay : delay + n]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The chunk streamer
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stream:
+    """``R`` rows of back-to-back episodes, time-major: ``obs[N, R, ...]``, ``actions[N, R, ...]``,
+    ``is_first[N, R]`` (true at each episode's first step) and ``mask[N, R]`` (false on end padding)."""
+
+    obs: Obs
+    actions: torch.Tensor
+    is_first: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.is_first.shape[0]
+
+    @property
+    def rows(self) -> int:
+        return self.is_first.shape[1]
+
+    def window(self, t0: int, t1: int) -> Stream:
+        """Steps ``t0 .. t1 - 1`` of every row."""
+        obs = {k: v[t0:t1] for k, v in self.obs.items()} if isinstance(self.obs, dict) else self.obs[t0:t1]
+        return Stream(obs, self.actions[t0:t1], self.is_first[t0:t1], self.mask[t0:t1])
+
+
+def build_stream(pairs: list[tuple[ObsArray, np.ndarray]], order: list[int] | np.ndarray, rows: int,
+                 chunk_len: int, conv: ObsConverter, action_dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> Stream:
+    """Deal the episodes ``pairs[i]`` for ``i`` in ``order`` to ``rows`` rows and lay them out end to end.
+
+    Each episode goes, in turn, to the row with the fewest steps so far. The length ``N`` is the longest
+    row rounded up to a multiple of ``chunk_len``; shorter rows are padded (mask false, ``is_first``
+    true on the first padded step so the padding never continues a real episode's state).
+    """
+    rows = max(1, min(rows, len(order)))
+    heap = [(0, r) for r in range(rows)]
+    row_eps: list[list[int]] = [[] for _ in range(rows)]
+    for i in order:
+        load, r = heapq.heappop(heap)
+        row_eps[r].append(int(i))
+        heapq.heappush(heap, (load + len(pairs[i][1]), r))
+    n = max(math.ceil(max(load for load, _ in heap) / chunk_len) * chunk_len, chunk_len)
+    leaves0 = _leaves(pairs[order[0]][0])
+    obs = {k: np.zeros((n, rows, *v.shape[1:]), v.dtype) for k, v in leaves0.items()}
+    act0 = pairs[order[0]][1]
+    actions = np.zeros((n, rows, *act0.shape[1:]), act0.dtype)
+    is_first = np.zeros((n, rows), bool)
+    mask = np.zeros((n, rows), bool)
+    for r, eps in enumerate(row_eps):
+        t = 0
+        for i in eps:
+            ep_obs, ep_act = pairs[i]
+            k = len(ep_act)
+            for key, v in _leaves(ep_obs).items():
+                obs[key][t : t + k, r] = v
+            actions[t : t + k, r] = ep_act
+            is_first[t, r] = True
+            mask[t : t + k, r] = True
+            t += k
+        if t < n:
+            is_first[t, r] = True
+    return Stream(conv.to_torch(_unleaves(obs), torch.device(device)),
+                  torch.as_tensor(actions, dtype=action_dtype, device=device),
+                  torch.as_tensor(is_first, device=device), torch.as_tensor(mask, device=device))
+
+
+def stream_unroll(policy: RecurrentPolicy, stream: Stream, chunk_len: int) -> Iterator[tuple[Stream, ActionDist]]:
+    """Unroll ``policy`` over ``stream`` chunk by chunk, carrying each row's state (detached) between chunks.
+
+    Yields ``(chunk, dist)`` with ``dist`` over ``[chunk_len, R]``. A caller may take an optimizer step
+    between yields: the next chunk starts from the state the previous parameters produced (truncated
+    BPTT), and the detach keeps gradients inside the chunk.
+    """
+    state = policy.initial_state(stream.rows)
+    for t0 in range(0, stream.length, chunk_len):
+        chunk = stream.window(t0, t0 + chunk_len)
+        dist, _, state = policy.unroll(chunk.obs, state, chunk.is_first)
+        state = tuple(s.detach() for s in state)
+        yield chunk, dist
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running a delayed policy in an env
+# ---------------------------------------------------------------------------------------------------
+class ActionDelay(gym.vector.VectorWrapper):
+    """Execute every action ``delay`` steps after it was chosen (the run-time side of BC's action delay).
+
+    The action passed at episode step ``t`` runs at step ``t + delay``; the first ``delay`` steps of each
+    episode run ``default`` (the space's lowest action: 0 for Discrete, zeros clipped into a Box). Works
+    with NEXT_STEP autoreset: a sub-env that resets starts its new episode with a fresh pipeline.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, delay: int) -> None:
+        super().__init__(env)
+        space = env.single_action_space
+        if isinstance(space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
+            default = np.asarray(space.start, space.dtype)
+        elif isinstance(space, gym.spaces.Box):
+            default = np.clip(np.zeros(space.shape, space.dtype), space.low, space.high)
+        else:
+            raise RecurlError(f"action delay needs a Discrete, MultiDiscrete or Box action space, not {space}")
+        self.delay = delay
+        self._default = default
+        self._queue = np.broadcast_to(default, (delay, env.num_envs, *default.shape)).copy()
+        self._autoreset = np.zeros(env.num_envs, bool)
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self._queue[:] = self._default
+        self._autoreset[:] = False
+        return obs, info
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        actions = np.asarray(actions, self._queue.dtype).reshape(self._queue.shape[1:])
+        executed = self._queue[0].copy()
+        self._queue = np.concatenate([self._queue[1:], actions[None]])
+        obs, reward, term, trunc, info = self.env.step(executed)
+        self._queue[:, self._autoreset] = self._default  # these sub-envs just began a new episode
+        self._autoreset = np.logical_or(term, trunc)
+        return obs, reward, term, trunc, info
+
+
+# ---------------------------------------------------------------------------------------------------
+# The algorithm
+# ---------------------------------------------------------------------------------------------------
+class BehaviourCloning:
+    """Recurrent behaviour cloning with the same run-directory, loading and evaluation API as PPO.
+
+    Args:
+        config: a :class:`BCConfig` (``dataset`` is required); keyword ``overrides`` replace its fields.
+    """
+
+    def __init__(self, config: BCConfig | None = None, **overrides: Any) -> None:
+        cfg = config or BCConfig()
+        if "policy" in overrides and isinstance(overrides["policy"], dict):
+            overrides["policy"] = dataclasses.replace(cfg.policy, **overrides["policy"])
+        try:
+            cfg = dataclasses.replace(cfg, **overrides)
+        except TypeError as e:
+            raise RecurlError(f"unknown BC option: {e}") from None
+        if not cfg.dataset:
+            raise RecurlError("behaviour cloning needs --dataset PATH (a Minari dataset directory)")
+        self._data: TrajectoryDataset | None = load_dataset(cfg.dataset)
+        self.config = cfg
+        self.device = pick_device(cfg.device)
+        set_threads(cfg.threads)
+        set_seed(cfg.seed)
+        probe = self._make_env(1)
+        self.observation_space = probe.single_observation_space
+        self.action_space = probe.single_action_space
+        probe.close()
+        if (self._data.observation_space, self._data.action_space) != (self.observation_space, self.action_space):
+            raise RecurlError(f"the dataset's spaces ({self._data.observation_space}, {self._data.action_space}) "
+                              f"differ from {cfg.env}'s ({self.observation_space}, {self.action_space})")
+        self._build(self.observation_space, self.action_space)
+
+    # -- construction ------------------------------------------------------------------------------------
+    def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
+        cfg = self.config
+        env = make_vec_env(cfg.env, n, cfg.env_kwargs, False, render_mode)
+        return ActionDelay(env, cfg.action_delay) if cfg.action_delay > 0 else env
+
+    def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
+        self.policy = RecurrentPolicy(obs_space, action_space, self.config.policy).to(self.device)
+        self.obs_conv = ObsConverter(obs_space)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.learning_rate)
+        self.num_timesteps = 0  # behaviour cloning takes no env steps
+        self.epoch = 0
+        self.n_updates = 0
+        self.best_val = math.inf
+        self.bad_epochs = 0
+        self._best: dict[str, torch.Tensor] | None = None
+
+    # Acting is exactly PPO's: same policy class, same state threading, same Box clipping.
+    _env_action = RecurrentPPO._env_action
+    predict = RecurrentPPO.predict
+    copy_policy = RecurrentPPO.copy_policy
+
+    # -- data --------------------------------------------------------------------------------------------
+    def _split(self) -> tuple[list[tuple[ObsArray, np.ndarray]], list[tuple[ObsArray, np.ndarray]]]:
+        """Delay-shifted (obs, target) pairs of the training and held-out episodes (split by episode)."""
+        cfg = self.config
+        if self._data is None:
+            self._data = load_dataset(cfg.dataset)
+        pairs = [delayed_pairs(ep, cfg.action_delay) for ep in self._data.episodes]
+        pairs = [p for p in pairs if len(p[1])]
+        if not pairs:
+            raise RecurlError(f"no episode of {cfg.dataset} is longer than action_delay={cfg.action_delay}")
+        perm = np.random.default_rng(cfg.seed).permutation(len(pairs))
+        n_val = min(max(round(cfg.val_fraction * len(pairs)), 1), len(pairs) - 1) if cfg.val_fraction > 0 else 0
+        return [pairs[i] for i in perm[n_val:]], [pairs[i] for i in perm[:n_val]]
+
+    def _stream(self, pairs: list[tuple[ObsArray, np.ndarray]], order: list[int] | np.ndarray) -> Stream:
+        box = isinstance(self.action_space, gym.spaces.Box)
+        return build_stream(pairs, order, self.config.batch_size, self.config.chunk_len, self.obs_conv,
+                            torch.float32 if box else torch.long, self.device)
+
+    # -- one pass ----------------------------------------------------------------------------------------
+    def _pass(self, stream: Stream, train: bool) -> dict[str, float]:
+        """Mean negative log-likelihood (and accuracy for discrete actions) over ``stream``'s real steps."""
+        cfg = self.config
+        nll_sum, hits, count = 0.0, 0.0, 0.0
+        discrete = not isinstance(self.action_space, gym.spaces.Box)
+        with torch.set_grad_enabled(train):
+            for chunk, dist in stream_unroll(self.policy, stream, cfg.chunk_len):
+                mask = chunk.mask.float()
+                n = float(mask.sum())
+                if n == 0:
+                    continue
+                nll = -(dist.log_prob(chunk.actions) * mask).sum() / n
+                if train:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    nll.backward()
+                    nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.n_updates += 1
+                nll_sum += float(nll.detach()) * n
+                count += n
+                if discrete:
+                    same = (dist.mode() == chunk.actions).reshape(*mask.shape, -1).all(-1)
+                    hits += float((same.float() * mask).sum())
+                if train and 0 < cfg.max_steps <= self.n_updates:
+                    break
+        out = {"loss": nll_sum / max(count, 1.0), "samples": count}
+        if discrete:
+            out["accuracy"] = hits / max(count, 1.0)
+        return out
+
+    # -- the training loop ---------------------------------------------------------------------------------
+    def learn(self, run_dir: str | Path | None = None, progress: bool = True) -> BehaviourCloning:
+        """Train until ``max_epochs``, ``max_steps`` or early stopping; keep the best held-out weights."""
+        cfg = self.config
+        train, val = self._split()
+        n_train = sum(len(a) for _, a in train)
+        if self.epoch == 0:  # observation statistics come from the training episodes, once
+            stream = self._stream(train, np.arange(len(train)))
+            self.policy.update_normalizer(stream.obs, stream.mask)
+        val_stream = self._stream(val, np.arange(len(val))) if val else None
+        logger = RunLogger(run_dir, cfg.max_epochs * n_train, progress)
+        logger.start(self.epoch * n_train)
+        try:
+            while self.epoch < cfg.max_epochs and self.bad_epochs < cfg.patience:
+                t0 = time.perf_counter()
+                order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(train))
+                tr = self._pass(self._stream(train, order), train=True)
+                self.epoch += 1
+                logs = {"train/loss": tr["loss"], "train/epoch": self.epoch, "train/n_updates": self.n_updates}
+                if "accuracy" in tr:
+                    logs["train/accuracy"] = tr["accuracy"]
+                if val_stream is not None:
+                    self.policy.eval()
+                    va = self._pass(val_stream, train=False)
+                    self.policy.train()
+                    logs.update({f"val/{k}": v for k, v in va.items() if k != "samples"})
+                    if va["loss"] < self.best_val:
+                        self.best_val, self.bad_epochs = va["loss"], 0
+                        self._best = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+                    else:
+                        self.bad_epochs += 1
+                logs["time/fps"] = tr["samples"] / (time.perf_counter() - t0)
+                logger.log(self.epoch * n_train, logs)
+                if run_dir is not None and self.epoch % cfg.checkpoint_every == 0:
+                    self.checkpoint(run_dir)
+                if 0 < cfg.max_steps <= self.n_updates:
+                    break
+        finally:
+            logger.close()
+        if self._best is not None:
+            self.policy.load_state_dict(self._best)
+        if run_dir is not None:
+            self.checkpoint(run_dir)
+        return self
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write ``model.safetensors`` (PPO's ``policy.*`` key layout) and ``config.json`` into ``path``."""
+        from recurl import __version__
+
+        path = Path(path)
+        save_weights(path / MODEL_FILE, {f"policy.{k}": v for k, v in self.policy.state_dict().items()})
+        write_json(path / CONFIG_FILE, {
+            "algo": "bc",
+            "config": dataclasses.asdict(self.config),
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "state_shapes": [list(s.shape) for s in self.policy.initial_state(1, "cpu")],
+            "versions": {"recurl": __version__, "torch": torch.__version__, "gymnasium": gym.__version__},
+        })
+
+    def checkpoint(self, run_dir: str | Path) -> None:
+        """Save the model plus everything needed to resume (optimizer, counters, best weights, RNG)."""
+        run_dir = Path(run_dir)
+        self.save(run_dir)
+        save_trainer_state(run_dir / TRAINER_FILE, {
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "n_updates": self.n_updates,
+            "best_val": self.best_val,
+            "bad_epochs": self.bad_epochs,
+            "best": self._best,
+            "torch_rng": torch.get_rng_state(),
+        })
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", **overrides: Any) -> BehaviourCloning:
+        """Load a saved BC run directory (the dataset is not needed to act or evaluate)."""
+        path = Path(path)
+        meta = read_json(path / CONFIG_FILE)
+        if meta.get("algo") != "bc":
+            raise RecurlError(f"{path} holds a {meta.get('algo')!r} model, not a BC one")
+        cfg = build_config(BCConfig, {**meta["config"], "device": str(device), **overrides})
+        tensors = load_weights(path / MODEL_FILE)
+        self = cls.__new__(cls)
+        self.config = cfg
+        self.device = pick_device(cfg.device)
+        self._data = None
+        self.observation_space = space_from_json(meta["observation_space"])
+        self.action_space = space_from_json(meta["action_space"])
+        self._build(self.observation_space, self.action_space)
+        try:
+            self.policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
+        except RuntimeError as e:
+            raise RecurlError(f"corrupt or mismatched model file in {path}: {e}") from None
+        return self
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, progress: bool = True) -> BehaviourCloning:
+        """Continue a killed run from its last checkpoint (the dataset must still be at its path)."""
+        run_dir = Path(run_dir)
+        self = cls.load(run_dir, device=read_json(run_dir / CONFIG_FILE)["config"].get("device", "auto"))
+        set_threads(self.config.threads)
+        state = load_trainer_state(run_dir / TRAINER_FILE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.n_updates = int(state["epoch"]), int(state["n_updates"])
+        self.best_val, self.bad_epochs = float(state["best_val"]), int(state["bad_epochs"])
+        self._best = state["best"]
+        torch.set_rng_state(state["torch_rng"])
+        return self.learn(run_dir=run_dir, progress=progress)

@@ -1,0 +1,711 @@
+"""R2D2: recurrent experience replay in distributed RL (Kapturowski et al. 2019), on one machine.
+
+Reading order: config -> Q-network (and the article's hard-sigmoid cells) -> value rescaling and
+n-step targets -> the learner step -> the acting/training loop -> persistence.
+
+The pieces, with the paper's names:
+
+- *Actors*: ``num_envs`` vectorised envs, each with its own recurrent state, acting epsilon-greedily
+  (Ape-X per-actor epsilons ``eps_i = eps ** (1 + alpha * i / (N - 1))`` by default). Under Gymnasium's
+  NEXT_STEP autoreset the step after an episode end only resets the env: its action is ignored and it
+  is not stored; the observation it returns is flagged ``is_first`` and the core zeroes the state there.
+- *Sequence replay* (:mod:`recurl.data.sequence_replay`): windows of ``burn_in + seq_len`` steps that
+  overlap by ``overlap`` trained steps, never cross an episode, and keep the actor's recurrent state
+  at their start (*stored state*).
+- *Burn-in*: the learner unrolls the first ``burn_in`` steps from the stored state without gradient,
+  then trains on the remaining ``seq_len`` steps.
+- *Targets*: n-step double-Q with a target network, under the invertible value rescaling
+  ``h(x) = sign(x) (sqrt(|x| + 1) - 1) + eps x``. ``terminated`` stops bootstrapping; a truncated
+  episode bootstraps from its final observation (stored after its last transition).
+- *Prioritised replay*: a window's priority is ``eta * max|delta| + (1 - eta) * mean|delta|``.
+
+DRQN (Hausknecht & Stone 2015) is a configuration of the same code: ``stored_state=False``,
+``burn_in=0`` and ``seq_len`` >= the episode length (whole episodes). The swamp-tour article's agents
+are presets (``article-lstm``, ``article-gru``; see docs/r2d2.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from recurl.algos.ppo import EpisodeStats
+from recurl.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TRAINER_FILE,
+    load_trainer_state,
+    load_weights,
+    read_json,
+    save_trainer_state,
+    save_weights,
+    space_from_json,
+    space_to_json,
+    write_json,
+)
+from recurl.data.sequence_replay import SequenceBatch, SequenceReplay, SequenceWriter
+from recurl.envs import make_vec_env
+from recurl.errors import RecurlError
+from recurl.logger import RunLogger
+from recurl.nn.encoders import Obs, ObsEncoder, mlp
+from recurl.nn.policy import ACTIVATIONS
+from recurl.nn.recurrent import CORE_KINDS, RecurrentCore, State
+from recurl.obs import ObsConverter
+from recurl.util import pick_device, set_seed, set_threads
+
+EXPLORATION = ("apex", "linear", "constant")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QNetworkConfig:
+    """Network shape: encoder MLP -> recurrent core -> MLP -> (dueling) Q head."""
+
+    core: str = "lstm"
+    """Memory core: lstm, gru, rnn (tanh) or none (memoryless baseline, same interface)."""
+    hidden_size: int = 64
+    """Units per recurrent layer."""
+    num_layers: int = 1
+    """Stacked recurrent layers."""
+    forget_bias: float = 1.0
+    """Initial LSTM forget-gate bias."""
+    encoder_hidden: tuple[int, ...] = (64,)
+    """MLP sizes between the observation encoding and the core."""
+    head_hidden: tuple[int, ...] = ()
+    """MLP sizes between the core and the Q head."""
+    activation: str = "relu"
+    """Activation of the MLPs: tanh, relu or elu."""
+    dueling: bool = True
+    """Dueling head: Q = V + A - mean(A) (Wang et al. 2016)."""
+    hard_sigmoid: bool = False
+    """The article's Keras-2.2 cells: LSTM/GRU (reset_after=False) with hard-sigmoid gates. Slow path: a
+    Python loop over time steps; use it to reproduce the article, not for speed. Needs core lstm or gru."""
+    embed_dim: int = 16
+    """Embedding width per Discrete/MultiDiscrete observation component."""
+
+    def __post_init__(self) -> None:
+        if self.core not in CORE_KINDS:
+            raise RecurlError(f"unknown core {self.core!r}: choose one of {', '.join(CORE_KINDS)}")
+        if self.activation not in ACTIVATIONS:
+            raise RecurlError(f"unknown activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        if self.hard_sigmoid and (self.core not in ("lstm", "gru") or self.num_layers != 1):
+            raise RecurlError("hard_sigmoid cells exist for a single lstm or gru layer only")
+
+
+@dataclass(frozen=True)
+class R2D2Config:
+    """R2D2 settings. Every field is a ``recurl train --algo r2d2`` flag (``--seq-len 20``)."""
+
+    env: str = "recurl/SwampTour-ruin_2swamp-v0"
+    """Gymnasium env id with a Discrete action space."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Keyword arguments for the env constructor (swamp tour: compute_optimal false trains faster)."""
+    num_envs: int = 16
+    """Parallel actors, each with its own recurrent state."""
+    total_steps: int = 200_000
+    """Env steps to train for (over all envs)."""
+    seed: int = 0
+    """Seed for the envs, the network init, exploration and replay sampling."""
+    policy: QNetworkConfig = field(default_factory=QNetworkConfig)
+    """Network shape."""
+    seq_len: int = 20
+    """Trained steps per replayed sequence (m in the paper)."""
+    overlap: int = 10
+    """Trained steps shared by consecutive sequences of an episode (stride = seq_len - overlap)."""
+    burn_in: int = 10
+    """Steps unrolled without gradient from the stored state before the trained steps (l in the paper)."""
+    stored_state: bool = True
+    """Start each replayed sequence from the actor's stored state (false: zero state, DRQN-style)."""
+    bptt: int = 0
+    """Truncate backpropagation through time to this many steps (0: the whole sequence; 1: the article)."""
+    n_step: int = 5
+    """Steps of the n-step return."""
+    gamma: float = 0.99
+    """Discount factor."""
+    double_q: bool = True
+    """Double Q-learning: the online network picks the bootstrap action, the target network values it."""
+    target_update_every: int = 500
+    """Copy the online network into the target network every this many learner updates (1: the targets
+    come from the network as it was before each update, as in the article)."""
+    value_rescaling: bool = True
+    """Train on h(G) with h(x) = sign(x)(sqrt(|x|+1)-1) + 1e-3 x, bootstrapping with h^-1(Q)."""
+    priority_eta: float = 0.9
+    """Sequence priority = eta * max|delta| + (1 - eta) * mean|delta|."""
+    priority_exponent: float = 0.9
+    """Sampling probability proportional to priority ** this (0: uniform replay)."""
+    importance_beta: float = 0.6
+    """Importance-sampling correction exponent (0: none)."""
+    exploration: str = "apex"
+    """Epsilon schedule: apex (per actor eps^(1 + alpha i/(N-1))), linear (decay over time) or constant."""
+    epsilon: float = 0.4
+    """apex: the base eps; linear: the final value; constant: the value."""
+    epsilon_start: float = 1.0
+    """linear: the initial epsilon."""
+    epsilon_decay: float = 0.3
+    """linear: fraction of total_steps over which epsilon decays."""
+    apex_alpha: float = 7.0
+    """apex: the exponent spread alpha."""
+    prev_action_reward: bool = False
+    """Feed the previous action and reward to the network as inputs (zeroed at episode starts)."""
+    replay_capacity: int = 20_000
+    """Sequences kept in replay (FIFO); with seq_len >= the episode length, one sequence per episode."""
+    learning_starts: int = 5_000
+    """Env steps collected before the first update (counted from the start of each learn call)."""
+    batch_size: int = 32
+    """Sequences per learner update."""
+    train_every: int = 16
+    """Env steps (over all envs) between training rounds."""
+    gradient_steps: int = 1
+    """Learner updates per training round (updates per env step = gradient_steps / train_every)."""
+    learning_rate: float = 5e-4
+    """Adam step size."""
+    adam_eps: float = 1e-3
+    """Adam epsilon (the paper's 1e-3)."""
+    max_grad_norm: float = 10.0
+    """Gradient norm clip (0: none)."""
+    eval_episodes: int = 100
+    """Episodes of the final greedy evaluation written to summary.json."""
+    checkpoint_every: int = 2_000
+    """Save a resumable checkpoint every this many learner updates."""
+    device: str = "auto"
+    """cpu, cuda or auto (cuda when available)."""
+    threads: int = 0
+    """Torch CPU threads (0: one, fastest for small networks)."""
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise RecurlError(f"bad R2D2 option: {msg}")
+
+        if min(self.num_envs, self.total_steps, self.seq_len, self.n_step, self.batch_size, self.train_every,
+               self.gradient_steps, self.replay_capacity, self.target_update_every) < 1:
+            bad("num_envs, total_steps, seq_len, n_step, batch_size, train_every, gradient_steps, "
+                "replay_capacity and target_update_every must be >= 1")
+        if not 0 <= self.overlap < self.seq_len:
+            bad(f"overlap ({self.overlap}) must be in [0, seq_len) = [0, {self.seq_len})")
+        if self.burn_in < 0 or self.bptt < 0 or self.learning_starts < 0:
+            bad("burn_in, bptt and learning_starts must be >= 0")
+        if not 0 < self.gamma <= 1:
+            bad("gamma must be in (0, 1]")
+        if self.exploration not in EXPLORATION:
+            bad(f"exploration must be one of {', '.join(EXPLORATION)}, got {self.exploration!r}")
+        if not (0 <= self.epsilon <= 1 and 0 <= self.epsilon_start <= 1 and 0 <= self.priority_eta <= 1):
+            bad("epsilon, epsilon_start and priority_eta must be in [0, 1]")
+
+
+def config_from_dict(d: dict[str, Any]) -> R2D2Config:
+    """Rebuild an :class:`R2D2Config` from its JSON form (unknown keys are an error)."""
+    d = dict(d)
+    pol = dict(d.pop("policy", {}))
+    for k in ("encoder_hidden", "head_hidden"):
+        if k in pol:
+            pol[k] = tuple(pol[k])
+    try:
+        return R2D2Config(policy=QNetworkConfig(**pol), **d)
+    except TypeError as e:
+        raise RecurlError(f"config.json does not match this recurl version: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Q-network and its acting interface
+# ---------------------------------------------------------------------------------------------------
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras 2.2's ``hard_sigmoid``: ``clip(0.2 x + 0.5, 0, 1)``."""
+    return (0.2 * x + 0.5).clamp(0.0, 1.0)
+
+
+class HardSigmoidCore(nn.Module):
+    """One Keras-2.2 LSTM or GRU layer with hard-sigmoid gates: the swamp-tour article's cells.
+
+    Same contract as :class:`~recurl.nn.recurrent.RecurrentCore` (state tensors ``[1, B, H]``, reset
+    at ``is_first`` inside the core). Keras initialisation: glorot-uniform kernels, orthogonal
+    recurrent kernels, zero biases, LSTM forget bias 1; the GRU is the ``reset_after=False`` variant
+    (the reset gate multiplies the state before the recurrent kernel). Slow path: a Python loop over
+    time, fine for the article's 32 units, not for speed.
+    """
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.kind, self.input_size, self.hidden_size, self.num_layers = kind, input_size, hidden_size, 1
+        gates = 4 if kind == "lstm" else 3  # Keras gate order: LSTM i, f, c, o; GRU z, r, h
+        self.kernel = nn.Parameter(nn.init.xavier_uniform_(torch.empty(input_size, gates * hidden_size)))
+        self.recurrent_kernel = nn.Parameter(nn.init.orthogonal_(torch.empty(hidden_size, gates * hidden_size)))
+        self.bias = nn.Parameter(torch.zeros(gates * hidden_size))
+        if kind == "lstm":
+            with torch.no_grad():
+                self.bias[hidden_size : 2 * hidden_size] = 1.0
+
+    @property
+    def n_state(self) -> int:
+        """2 for LSTM (h, c), 1 for GRU (h)."""
+        return 2 if self.kind == "lstm" else 1
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        """Zero state: ``n_state`` tensors ``[1, batch, H]``."""
+        device = device if device is not None else self.kernel.device
+        return tuple(torch.zeros(1, batch, self.hidden_size, device=device) for _ in range(self.n_state))
+
+    def unroll(self, x: torch.Tensor, state0: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """``x[T, B, F]``, ``state0`` tensors ``[1, B, H]``, ``is_first[T, B]`` -> ``(y[T, B, H], state_T)``."""
+        H = self.hidden_size
+        xw = x @ self.kernel + self.bias  # [T, B, gates * H]: the input part of every gate at once
+        U = self.recurrent_kernel
+        h = state0[0][0]
+        c = state0[1][0] if self.kind == "lstm" else None
+        ys = []
+        for t in range(x.shape[0]):
+            keep = (~is_first[t]).to(x.dtype).unsqueeze(-1)
+            h = h * keep
+            if self.kind == "lstm":
+                c = c * keep
+                z = xw[t] + h @ U
+                i, f, g, o = hard_sigmoid(z[:, :H]), hard_sigmoid(z[:, H : 2 * H]), z[:, 2 * H : 3 * H], z[:, 3 * H :]
+                c = f * c + i * torch.tanh(g)
+                h = hard_sigmoid(o) * torch.tanh(c)
+            else:
+                zr = hard_sigmoid(xw[t, :, : 2 * H] + h @ U[:, : 2 * H])
+                z, r = zr[:, :H], zr[:, H:]
+                h_hat = torch.tanh(xw[t, :, 2 * H :] + (r * h) @ U[:, 2 * H :])
+                h = z * h + (1 - z) * h_hat
+            ys.append(h)
+        state = (h.unsqueeze(0), c.unsqueeze(0)) if self.kind == "lstm" else (h.unsqueeze(0),)
+        return torch.stack(ys), state
+
+
+class EpsilonGreedy:
+    """The action "distribution" of a Q-network: ``mode()`` is argmax Q, ``sample()`` is epsilon-greedy.
+
+    ``q`` is ``[B, A]``; ``epsilon`` a float or a ``[B]`` tensor (one per actor).
+    """
+
+    def __init__(self, q: torch.Tensor, epsilon: float | torch.Tensor = 0.0) -> None:
+        self.q, self.epsilon = q, epsilon
+
+    def mode(self) -> torch.Tensor:
+        return self.q.argmax(-1)
+
+    def sample(self) -> torch.Tensor:
+        greedy = self.mode()
+        explore = torch.rand(greedy.shape, device=greedy.device) < self.epsilon
+        return torch.where(explore, torch.randint_like(greedy, self.q.shape[-1]), greedy)
+
+
+class QNetwork(nn.Module):
+    """Recurrent Q-network: encode -> core -> MLP -> Q-values, one per discrete action.
+
+    Acting takes ``obs[B, ...]`` and ``is_first[B]``; training takes ``obs[T, B, ...]`` and
+    ``is_first[T, B]``. ``state`` is a tuple of ``[layers, B, H]`` tensors. This is also the policy that
+    :func:`recurl.evaluation.run_episodes` plays: ``step`` returns an :class:`EpsilonGreedy`.
+    """
+
+    def __init__(self, obs_space: gym.Space, n_actions: int, cfg: QNetworkConfig) -> None:
+        super().__init__()
+        act = ACTIVATIONS[cfg.activation]
+        self.encoder = ObsEncoder(obs_space, cfg.encoder_hidden, act, cfg.embed_dim)
+        if cfg.hard_sigmoid:
+            self.core: nn.Module = HardSigmoidCore(cfg.core, self.encoder.out_dim, cfg.hidden_size)
+        else:
+            self.core = RecurrentCore(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers,
+                                      cfg.forget_bias)
+        self.torso = mlp([cfg.hidden_size, *cfg.head_hidden], act)
+        width = cfg.head_hidden[-1] if cfg.head_hidden else cfg.hidden_size
+        self.advantage = nn.Linear(width, n_actions)
+        self.value = nn.Linear(width, 1) if cfg.dueling else None
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        """Zero state for ``batch`` envs: tensors ``[layers, batch, H]``."""
+        return self.core.initial_state(batch, device if device is not None else self.advantage.weight.device)
+
+    def unroll(self, obs: Obs, state: State, is_first: torch.Tensor, bptt: int = 0) -> tuple[torch.Tensor, State]:
+        """``obs[T, B, ...]``, ``is_first[T, B]`` -> ``(q[T, B, A], state after the last step)``.
+
+        ``bptt > 0`` detaches the state every ``bptt`` steps (truncated backpropagation through time).
+        """
+        x = self.encoder(obs)
+        if bptt <= 0:
+            y, state = self.core.unroll(x, state, is_first)
+        else:
+            ys = []
+            for t0 in range(0, x.shape[0], bptt):
+                y, state = self.core.unroll(x[t0 : t0 + bptt], tuple(s.detach() for s in state),
+                                            is_first[t0 : t0 + bptt])
+                ys.append(y)
+            y = torch.cat(ys)
+        z = self.torso(y)
+        a = self.advantage(z)
+        q = a if self.value is None else self.value(z) + a - a.mean(-1, keepdim=True)
+        return q, state
+
+    def step(self, obs: Obs, state: State, is_first: torch.Tensor, epsilon: float | torch.Tensor = 0.0
+             ) -> tuple[EpsilonGreedy, torch.Tensor, State]:
+        """One step: ``obs[B, ...]``, ``is_first[B]`` -> (epsilon-greedy action dist, max Q ``[B]``, state)."""
+        obs1 = {k: v.unsqueeze(0) for k, v in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(0)
+        q, state = self.unroll(obs1, state, is_first.unsqueeze(0))
+        q = q.squeeze(0)
+        return EpsilonGreedy(q, epsilon), q.max(-1).values, state
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value rescaling and n-step double-Q targets
+# ---------------------------------------------------------------------------------------------------
+RESCALE_EPS = 1e-3
+
+
+def value_rescale(x: torch.Tensor) -> torch.Tensor:
+    """``h(x) = sign(x) (sqrt(|x| + 1) - 1) + eps x`` (Pohlen et al. 2018), eps = 1e-3."""
+    return x.sign() * ((x.abs() + 1).sqrt() - 1) + RESCALE_EPS * x
+
+
+def inverse_value_rescale(x: torch.Tensor) -> torch.Tensor:
+    """``h^-1(x) = sign(x) (((sqrt(1 + 4 eps (|x| + 1 + eps)) - 1) / (2 eps))^2 - 1)``."""
+    e = RESCALE_EPS
+    return x.sign() * ((((1 + 4 * e * (x.abs() + 1 + e)).sqrt() - 1) / (2 * e)).pow(2) - 1)
+
+
+def n_step_targets(rewards: torch.Tensor, terminated: torch.Tensor, valid: torch.Tensor,
+                   bootstrap: torch.Tensor, gamma: float, n: int) -> torch.Tensor:
+    """n-step returns ``G_t = sum_{i<m} gamma^i r_{t+i} + gamma^m (1 - terminated) bootstrap_{t+m}``.
+
+    Args:
+        rewards, terminated, valid: ``[T, B]``; ``valid`` is false on padding after an episode's end.
+        bootstrap: ``[T + 1, B]``, the value of the observation at each position; position ``k + 1``
+            after an episode's last transition ``k`` holds its final observation.
+        n: the horizon. ``m = min(n, steps left in the episode, steps left in the window)``: the sum
+            stops at the episode's end (bootstrapping only if it was truncated, not terminated) and at
+            the window's end (bootstrapping from the window's last observation).
+
+    Returns ``G[T, B]`` (meaningless where ``valid`` is false).
+    """
+    T = rewards.shape[0]
+    pad = rewards.new_zeros(n, rewards.shape[1])
+    r = torch.cat([rewards, pad])
+    v = torch.cat([valid, pad.bool()])
+    term = torch.cat([terminated, pad.bool()])
+    G = torch.zeros_like(rewards)
+    discount = torch.ones_like(rewards)
+    m = torch.zeros_like(rewards, dtype=torch.long)
+    going = valid.clone()  # still summing: no episode end yet, inside the window
+    ended_terminal = torch.zeros_like(valid)
+    for i in range(n):
+        inc = going & v[i : i + T]
+        G = G + discount * r[i : i + T] * inc
+        discount = torch.where(inc, discount * gamma, discount)
+        m = m + inc.long()
+        ended_terminal |= inc & term[i : i + T]
+        going = inc & ~term[i : i + T] & v[i + 1 : i + 1 + T]  # the next step belongs to the episode
+    t = torch.arange(T, device=rewards.device).unsqueeze(1)
+    boot = bootstrap.gather(0, (t + m).clamp(max=T))
+    return G + discount * boot * (~ended_terminal)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The algorithm
+# ---------------------------------------------------------------------------------------------------
+class R2D2:
+    """Recurrent replay distributed DQN with the SB3-style API: ``learn``, ``predict``, ``save``, ``load``.
+
+    Args:
+        env: an env id (replaces the config's ``env``) or ``None`` to use ``config.env``.
+        config: an :class:`R2D2Config`; keyword ``overrides`` replace its fields.
+    """
+
+    def __init__(self, env: str | None = None, config: R2D2Config | None = None, **overrides: Any) -> None:
+        cfg = config or R2D2Config()
+        if env is not None:
+            overrides["env"] = env
+        if "policy" in overrides and isinstance(overrides["policy"], dict):
+            overrides["policy"] = dataclasses.replace(cfg.policy, **overrides["policy"])
+        try:
+            self.config = dataclasses.replace(cfg, **overrides)
+        except TypeError as e:
+            raise RecurlError(f"unknown R2D2 option: {e}") from None
+        cfg = self.config
+        self.device = pick_device(cfg.device)
+        set_threads(cfg.threads)
+        set_seed(cfg.seed)
+        self.env: gym.vector.VectorEnv | None = None
+        probe = self._make_env(1)
+        self.observation_space = probe.single_observation_space
+        self.action_space = probe.single_action_space
+        probe.close()
+        self._build(self.observation_space, self.action_space)
+
+    # -- construction ------------------------------------------------------------------------------------
+    def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
+        cfg = self.config
+        return make_vec_env(cfg.env, n, cfg.env_kwargs, cfg.prev_action_reward, render_mode)
+
+    def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise RecurlError(f"R2D2 needs a Discrete action space, {self.config.env} has {action_space}")
+        cfg = self.config
+        self.policy = QNetwork(obs_space, int(action_space.n), cfg.policy).to(self.device)
+        self.target = copy.deepcopy(self.policy).requires_grad_(False)
+        self.obs_conv = ObsConverter(obs_space)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        self.num_timesteps = 0
+        self.n_updates = 0
+
+    def _env_action(self, action: torch.Tensor) -> np.ndarray:
+        return action.cpu().numpy() + int(self.action_space.start)
+
+    # -- exploration -------------------------------------------------------------------------------------
+    def epsilons(self) -> torch.Tensor:
+        """Per-actor epsilon ``[num_envs]`` at the current ``num_timesteps``."""
+        cfg = self.config
+        N = cfg.num_envs
+        if cfg.exploration == "apex":
+            i = torch.arange(N, dtype=torch.float64)
+            eps = cfg.epsilon ** (1 + cfg.apex_alpha * i / max(N - 1, 1))
+        elif cfg.exploration == "linear":
+            frac = min(1.0, self.num_timesteps / max(1.0, cfg.epsilon_decay * cfg.total_steps))
+            eps = torch.full((N,), cfg.epsilon_start + frac * (cfg.epsilon - cfg.epsilon_start), dtype=torch.float64)
+        else:
+            eps = torch.full((N,), cfg.epsilon, dtype=torch.float64)
+        return eps.float().to(self.device)
+
+    # -- the learner step --------------------------------------------------------------------------------
+    def _loss(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """TD loss of one batch of sequences; returns ``(loss, priorities[B], logs)``.
+
+        Shapes: ``W = burn_in + seq_len`` transitions, ``W + 1`` observations, ``B`` sequences.
+        """
+        cfg = self.config
+        L = cfg.burn_in
+        obs_after = _slice(batch.obs, L, None)
+        with torch.no_grad():
+            # Burn-in: bring the stored (possibly stale) state up to date without training on it.
+            state = batch.state0
+            if L > 0:
+                _, state = self.policy.unroll(_slice(batch.obs, 0, L), state, batch.is_first[:L])
+            q_target, _ = self.target.unroll(batch.obs, batch.state0, batch.is_first)  # [W + 1, B, A]
+        q_online, _ = self.policy.unroll(obs_after, state, batch.is_first[L:], cfg.bptt)  # [seq_len + 1, B, A]
+        q_target = q_target[L:]
+        with torch.no_grad():
+            if cfg.double_q:
+                a_star = q_online.argmax(-1, keepdim=True)
+                q_next = q_target.gather(-1, a_star).squeeze(-1)
+            else:
+                q_next = q_target.max(-1).values
+            if cfg.value_rescaling:
+                q_next = inverse_value_rescale(q_next)
+            G = n_step_targets(batch.rewards[L:], batch.terminated[L:], batch.valid[L:], q_next, cfg.gamma,
+                               cfg.n_step)
+            target = value_rescale(G) if cfg.value_rescaling else G
+        q_taken = q_online[:-1].gather(-1, batch.actions[L:].unsqueeze(-1)).squeeze(-1)  # [seq_len, B]
+        mask = batch.valid[L:].float()
+        delta = (target - q_taken) * mask
+        n_valid = mask.sum(0).clamp(min=1.0)  # [B]
+        # Each sequence's mean squared TD error, weighted by its importance-sampling weight.
+        loss = (batch.weights * 0.5 * delta.pow(2).sum(0) / n_valid).mean()
+        with torch.no_grad():
+            abs_d = delta.abs()
+            priorities = cfg.priority_eta * abs_d.max(0).values + (1 - cfg.priority_eta) * abs_d.sum(0) / n_valid
+        logs = {"train/loss": float(loss.detach()),
+                "train/q_mean": float((q_taken.detach() * mask).sum() / mask.sum().clamp(min=1))}
+        return loss, priorities, logs
+
+    def _update(self, replay: SequenceReplay) -> dict[str, float]:
+        """One learner step: sample, TD loss, Adam step, new priorities, periodic target copy."""
+        cfg = self.config
+        batch = replay.sample(cfg.batch_size, cfg.importance_beta, self.device)
+        if cfg.target_update_every == 1:  # the article: targets from the network as it was before this update
+            self.target.load_state_dict(self.policy.state_dict())
+        loss, priorities, logs = self._loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        replay.update_priorities(batch.indices, priorities.cpu().numpy())
+        self.n_updates += 1
+        if cfg.target_update_every > 1 and self.n_updates % cfg.target_update_every == 0:
+            self.target.load_state_dict(self.policy.state_dict())
+        return logs
+
+    # -- the training loop ---------------------------------------------------------------------------------
+    def learn(self, total_steps: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
+              resume_state: dict[str, Any] | None = None) -> R2D2:
+        """Train for ``total_steps`` env steps (default: the config's), logging into ``run_dir``.
+
+        The replay lives only inside this call: a resumed run refills it (``learning_starts`` steps).
+        """
+        cfg = self.config
+        total = total_steps if total_steps is not None else cfg.total_steps
+        N = cfg.num_envs
+        replay = SequenceReplay(cfg.replay_capacity, cfg.burn_in, cfg.seq_len, self.obs_conv,
+                                tuple((s.shape[0], s.shape[2]) for s in self.policy.initial_state(1, "cpu")),
+                                cfg.priority_exponent, cfg.stored_state, seed=cfg.seed + self.n_updates)
+        writer = SequenceWriter(replay, N, self.obs_conv, cfg.overlap)
+        self.env = env = self._make_env(N)
+        obs, _ = env.reset(seed=cfg.seed + 7919 * self.n_updates)
+        state = self.policy.initial_state(N, self.device)
+        is_first = torch.ones(N, dtype=torch.bool)
+        valid = np.ones(N, bool)  # false on NEXT_STEP autoreset steps
+        stats = EpisodeStats(N)
+        if resume_state is not None:
+            stats.load(resume_state["episodes"])
+        logger = RunLogger(run_dir, total, progress)
+        logger.start(self.num_timesteps)
+        log_every = max(N, total // 200)
+        start_steps, since_train, next_log = self.num_timesteps, 0, self.num_timesteps + log_every
+        train_logs: dict[str, float] = {}
+        t_log, steps_log = time.perf_counter(), self.num_timesteps
+        try:
+            while self.num_timesteps < total:
+                eps = self.epsilons()
+                obs_t = self.obs_conv.to_torch(obs, self.device)
+                with torch.inference_mode():
+                    dist, _, new_state = self.policy.step(obs_t, state, is_first.to(self.device), eps)
+                    action = dist.sample()
+                next_obs, reward, term, trunc, info = env.step(self._env_action(action))
+                stats.add(reward, term, trunc, info, valid)
+                writer.add(np.flatnonzero(valid), _to_cpu(obs_t), tuple(s.cpu() for s in state), action.cpu(),
+                           reward, term, trunc, is_first, self.obs_conv.to_torch(next_obs, torch.device("cpu")))
+                obs, state = next_obs, new_state
+                is_first = torch.as_tensor(~valid)  # the observation an autoreset step returns starts an episode
+                valid = ~np.logical_or(term, trunc)
+                self.num_timesteps += N
+                since_train += N
+                if self.num_timesteps - start_steps >= cfg.learning_starts and len(replay) >= cfg.batch_size:
+                    while since_train >= cfg.train_every:
+                        since_train -= cfg.train_every
+                        for _ in range(cfg.gradient_steps):
+                            train_logs = self._update(replay)
+                            if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
+                                self.checkpoint(run_dir, stats)
+                else:
+                    since_train = 0
+                if self.num_timesteps >= next_log or self.num_timesteps >= total:
+                    now = time.perf_counter()
+                    logger.log(self.num_timesteps, {
+                        **stats.summary(), **train_logs,
+                        "train/epsilon_mean": float(eps.mean()), "train/n_updates": self.n_updates,
+                        "replay/sequences": len(replay),
+                        "time/fps": (self.num_timesteps - steps_log) / max(now - t_log, 1e-9)})
+                    t_log, steps_log, next_log = now, self.num_timesteps, next_log + log_every
+        finally:
+            logger.close()
+            env.close()
+            self.env = None
+        if run_dir is not None:
+            self.checkpoint(run_dir, stats)
+        return self
+
+    # -- acting ------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        observation: Any,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Greedy (or, with ``deterministic=False``, epsilon-greedy with the config's ``epsilon``) actions for
+        one observation or a batch ``[N, ...]``, threading the state (SB3's signature, as in RecurrentPPO)."""
+        obs, n, batched = self.obs_conv.from_user(observation, self.device)
+        if state is None:
+            torch_state = self.policy.initial_state(n, self.device)
+        else:
+            torch_state = tuple(torch.as_tensor(np.asarray(s), dtype=torch.float32, device=self.device)
+                                for s in state)
+        if episode_start is None:
+            is_first = torch.full((n,), state is None, dtype=torch.bool, device=self.device)
+        else:
+            is_first = torch.as_tensor(np.asarray(episode_start, bool).reshape(n), device=self.device)
+        with torch.inference_mode():
+            dist, _, new_state = self.policy.step(obs, torch_state, is_first, self.config.epsilon)
+            action = dist.mode() if deterministic else dist.sample()
+        a = self._env_action(action)
+        return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def _config_json(self) -> dict[str, Any]:
+        from recurl import __version__
+
+        return {
+            "algo": "r2d2",
+            "config": dataclasses.asdict(self.config),
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "state_shapes": [list(s.shape) for s in self.policy.initial_state(1, "cpu")],
+            "versions": {"recurl": __version__, "torch": torch.__version__, "gymnasium": gym.__version__},
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write ``model.safetensors`` (the online Q-network) and ``config.json`` into the directory ``path``."""
+        path = Path(path)
+        save_weights(path / MODEL_FILE, {f"policy.{k}": v for k, v in self.policy.state_dict().items()})
+        write_json(path / CONFIG_FILE, self._config_json())
+
+    def checkpoint(self, run_dir: str | Path, stats: EpisodeStats) -> None:
+        """Save the model plus what resuming needs (target network, optimizer, RNG, counters)."""
+        run_dir = Path(run_dir)
+        self.save(run_dir)
+        save_trainer_state(run_dir / TRAINER_FILE, {
+            "optimizer": self.optimizer.state_dict(),
+            "target": self.target.state_dict(),
+            "num_timesteps": self.num_timesteps,
+            "n_updates": self.n_updates,
+            "torch_rng": torch.get_rng_state(),
+            "episodes": stats.state(),
+        })
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", **overrides: Any) -> R2D2:
+        """Load a saved model directory (safetensors + JSON; no code from the files is executed)."""
+        path = Path(path)
+        meta = read_json(path / CONFIG_FILE)
+        if meta.get("algo") != "r2d2":
+            raise RecurlError(f"{path} holds a {meta.get('algo')!r} model, not an R2D2 one")
+        cfg = dataclasses.replace(config_from_dict(meta["config"]), device=str(device), **overrides)
+        tensors = load_weights(path / MODEL_FILE)
+        self = cls.__new__(cls)
+        self.config = cfg
+        self.device = pick_device(cfg.device)
+        set_threads(cfg.threads)
+        self.env = None
+        self.observation_space = space_from_json(meta["observation_space"])
+        self.action_space = space_from_json(meta["action_space"])
+        self._build(self.observation_space, self.action_space)
+        try:
+            self.policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
+        except RuntimeError as e:
+            raise RecurlError(f"corrupt or mismatched model file in {path}: {e}") from None
+        self.target.load_state_dict(self.policy.state_dict())
+        return self
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, progress: bool = True) -> R2D2:
+        """Continue a killed run from its last checkpoint up to its configured ``total_steps``.
+
+        Weights, target network, optimizer, counters and RNG continue; envs restart fresh episodes and
+        the replay is refilled before updates resume.
+        """
+        run_dir = Path(run_dir)
+        self = cls.load(run_dir, device=read_json(run_dir / CONFIG_FILE)["config"].get("device", "auto"))
+        state = load_trainer_state(run_dir / TRAINER_FILE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.target.load_state_dict(state["target"])
+        self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+        torch.set_rng_state(state["torch_rng"])
+        return self.learn(run_dir=run_dir, progress=progress, resume_state=state)
+
+
+def _slice(obs: Obs, start: int, stop: int | None) -> Obs:
+    """``obs[start:stop]`` along time for plain and Dict observations."""
+    return {k: v[start:stop] for k, v in obs.items()} if isinstance(obs, dict) else obs[start:stop]
+
+
+def _to_cpu(obs: Obs) -> Obs:
+    return {k: v.cpu() for k, v in obs.items()} if isinstance(obs, dict) else obs.cpu()
+

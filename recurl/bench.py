@@ -1,0 +1,351 @@
+"""``recurl bench``: recurl's recurrent PPO against sb3-contrib's RecurrentPPO, side by side, on this machine.
+
+Measured in one run (see docs/benchmarks.md for the latest table):
+
+1. training env steps/s at identical hyperparameters (rl-baselines3-zoo's CartPoleNoVel settings);
+2. wall time from start to a policy scoring >= 475 (mean of 20 deterministic episodes), median over
+   seeds: sb3-contrib with the zoo settings, recurl with its own fastest preset, whose *final* policy
+   must also hold the score. Evaluation time is excluded for both;
+3. ``predict`` calls/s for one observation with state;
+4. a roofline: the measured matmul rate at the LSTM's per-step shapes, and the fraction of it that the
+   training step reaches.
+
+sb3-contrib is optional (``pip install -c constraints.txt -e '.[bench]'``); without it only recurl's
+side is measured. Speed is never asserted in tests: this command is where it is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recurl.algos import build_config
+from recurl.algos.ppo import PPOConfig, RecurrentPPO
+from recurl.evaluation import evaluate_policy
+from recurl.presets import preset
+
+ENV = "recurl/CartPoleNoVel-v1"
+SOLVED = 475.0
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs), "n": len(xs)}
+
+
+# -- recurl ------------------------------------------------------------------------------------------------
+def _recurl(preset_name: str, seed: int, **overrides: Any) -> RecurrentPPO:
+    _, ov = preset(preset_name)
+    return RecurrentPPO(config=build_config(PPOConfig, {**ov, "seed": seed, **overrides}))
+
+
+def recurl_throughput(steps: int, seed: int = 0) -> float:
+    """Env steps/s of recurl PPO with the zoo settings, after a warm-up update."""
+    model = _recurl("cartpole-novel-zoo", seed, total_steps=10**9, anneal_lr=False, anneal_clip=False)
+    model.learn(256, progress=False)
+    t0 = time.perf_counter()
+    model.learn(256 + steps, progress=False)
+    return steps / (time.perf_counter() - t0)
+
+
+def recurl_time_to_solve(preset_name: str, seed: int, eval_every: int) -> dict[str, Any]:
+    """Train the preset's full budget; record when a policy first scores >= 475, and the final score."""
+    model = _recurl(preset_name, seed)
+    clock = {"train": 0.0, "last": time.perf_counter(), "solved_s": None, "solved_steps": None}
+
+    def callback(m: RecurrentPPO) -> bool:
+        clock["train"] += time.perf_counter() - clock["last"]
+        if clock["solved_s"] is None and m.n_updates % eval_every == 0:
+            score = evaluate_policy(m, n_episodes=20, seed=seed + 1000, num_envs=20)["mean_return"]
+            if score >= SOLVED:
+                clock["solved_s"], clock["solved_steps"] = clock["train"], m.num_timesteps
+        clock["last"] = time.perf_counter()
+        return True
+
+    model.learn(progress=False, callback=callback)
+    final = evaluate_policy(model, n_episodes=20, seed=seed + 2000, num_envs=20)["mean_return"]
+    return {"seed": seed, "solved_s": clock["solved_s"], "solved_steps": clock["solved_steps"],
+            "train_s": clock["train"], "final_return": final, "final_holds": final >= SOLVED}
+
+
+# -- sb3-contrib -------------------------------------------------------------------------------------------
+def _sb3_model(seed: int) -> Any:
+    from sb3_contrib import RecurrentPPO as SB3RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+    from torch import nn
+
+    venv = VecNormalize(sb3_make_vec_env(ENV, n_envs=8, seed=seed), gamma=0.98)
+    return SB3RecurrentPPO(
+        "MlpLstmPolicy", venv, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
+        learning_rate=lambda p: 1e-3 * p, clip_range=lambda p: 0.2 * p, ent_coef=0.0, seed=seed, verbose=0,
+        device="cpu",
+        policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64,
+                           enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64])),
+    )
+
+
+def _sb3_evaluate(model: Any, seed: int, n: int = 20) -> float:
+    """Mean return of ``n`` deterministic episodes, one per env, LSTM state threaded per env."""
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+
+    env = sb3_make_vec_env(ENV, n_envs=n, seed=seed)
+    norm = model.get_env()
+    obs = env.reset()
+    state, starts = None, np.ones(n, bool)
+    returns, done_once = np.zeros(n), np.zeros(n, bool)
+    while not done_once.all():
+        action, state = model.predict(norm.normalize_obs(obs), state=state, episode_start=starts, deterministic=True)
+        obs, reward, dones, _ = env.step(action)
+        returns += np.where(done_once, 0.0, reward)
+        done_once |= dones
+        starts = dones
+    env.close()
+    return float(returns.mean())
+
+
+def sb3_throughput(steps: int, seed: int = 0) -> float:
+    model = _sb3_model(seed)
+    model.learn(256)
+    t0 = time.perf_counter()
+    model.learn(steps, reset_num_timesteps=False)
+    return steps / (time.perf_counter() - t0)
+
+
+def sb3_time_to_solve(seed: int, max_steps: int, eval_every_steps: int = 2048) -> dict[str, Any]:
+    """Train until the first policy scoring >= 475 (zoo settings), evaluation time excluded."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    model = _sb3_model(seed)
+    clock = {"train": 0.0, "last": time.perf_counter(), "solved_s": None, "solved_steps": None}
+
+    class Solve(BaseCallback):
+        """Evaluates after updates (sb3 starts a rollout right after each update) and stops at a solve."""
+
+        solved = False
+
+        def _on_step(self) -> bool:
+            return not self.solved
+
+        def _on_rollout_start(self) -> None:
+            clock["train"] += time.perf_counter() - clock["last"]
+            due = self.num_timesteps and self.num_timesteps % eval_every_steps < 256
+            if due and _sb3_evaluate(model, seed + 1000) >= SOLVED:
+                clock["solved_s"], clock["solved_steps"] = clock["train"], self.num_timesteps
+                self.solved = True
+            clock["last"] = time.perf_counter()
+
+    model.learn(max_steps, callback=Solve())
+    return {"seed": seed, "solved_s": clock["solved_s"], "solved_steps": clock["solved_steps"],
+            "train_s": clock["train"]}
+
+
+def sb3_predict_rate(n: int) -> float:
+    model = _sb3_model(0)
+    obs = np.zeros((1, 2), np.float32)
+    return _rate(lambda s: model.predict(obs, state=s, episode_start=np.zeros(1, bool))[1], n)
+
+
+# -- predict and roofline ----------------------------------------------------------------------------------
+def _rate(step: Callable[[Any], Any], n: int) -> float:
+    state = None
+    for _ in range(50):
+        state = step(state)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        state = step(state)
+    return n / (time.perf_counter() - t0)
+
+
+def recurl_predict_rate(n: int) -> float:
+    model = _recurl("cartpole-novel-zoo", 0)
+    obs = np.zeros(2, np.float32)
+    return _rate(lambda s: model.predict(obs, state=s, episode_start=np.zeros(1, bool))[1], n)
+
+
+def roofline(n_reps: int = 200) -> dict[str, float]:
+    """Matmul GFLOP/s at the LSTM step's shapes vs the GFLOP/s the zoo-config training step achieves."""
+    torch.set_num_threads(1)
+    B, F, H, T = 8, 2, 64, 32
+    a, w = torch.randn(B, F + H), torch.randn(F + H, 4 * H)
+    t0 = time.perf_counter()
+    for _ in range(n_reps * 10):
+        torch.mm(a, w)
+    mm_gflops = 2 * B * (F + H) * 4 * H * n_reps * 10 / (time.perf_counter() - t0) / 1e9
+    big = torch.randn(512, 512)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        torch.mm(big, big)
+    peak = 2 * 512**3 * 20 / (time.perf_counter() - t0) / 1e9
+    # One zoo minibatch: 2 LSTMs (actor, critic) + 2 MLPs [64 -> 64] + heads, forward and backward (~3x).
+    lstm = 2 * T * B * 4 * H * (F + H)
+    mlp = 2 * T * B * (H * 64 + 64 * 3)
+    flops_per_minibatch = 3 * 2 * (lstm + mlp)
+    model = _recurl("cartpole-novel-zoo", 0, total_steps=10**9, anneal_lr=False)
+    model.learn(256, progress=False)
+    t0 = time.perf_counter()
+    model.learn(256 * 11, progress=False)
+    per_update = (time.perf_counter() - t0) / 10
+    achieved = flops_per_minibatch * 20 / per_update / 1e9  # 20 epochs x 1 minibatch per update
+    return {"matmul_gflops_at_step_shape": mm_gflops, "matmul_gflops_512": peak,
+            "train_step_gflops": achieved, "fraction_of_step_shape_roofline": achieved / mm_gflops}
+
+
+# -- the report ---------------------------------------------------------------------------------------------
+def run_bench(out: str | Path = "docs", quick: bool = False, seeds: int = 5, sb3: bool = True,
+              solve: bool = True, repeats: int = 3) -> dict[str, Any]:
+    """Run every measurement, write ``benchmarks.md``, ``benchmarks.json`` and ``benchmarks.png``."""
+    torch.set_num_threads(1)
+    try:
+        import sb3_contrib  # noqa: F401
+    except ImportError:
+        print("sb3-contrib not installed (pip install -c constraints.txt -e '.[bench]'): measuring recurl only")
+        sb3 = False
+    steps = 2048 if quick else 10240
+    seeds = 1 if quick else seeds
+    res: dict[str, Any] = {"machine": _machine()}
+    print("training throughput ...", flush=True)
+    res["recurl_steps_per_s"] = _spread([recurl_throughput(steps, s) for s in range(repeats)])
+    if sb3:
+        res["sb3_steps_per_s"] = _spread([sb3_throughput(steps // 4 if quick else steps, s) for s in range(repeats)])
+    print("predict ...", flush=True)
+    n = 500 if quick else 3000
+    res["recurl_predict_per_s"] = _spread([recurl_predict_rate(n) for _ in range(repeats)])
+    try:
+        from recurl.agent import Agent  # noqa: F401
+
+        res["recurl_agent_act_per_s"] = _spread([_agent_rate(n) for _ in range(repeats)])
+    except ImportError:
+        pass
+    if sb3:
+        res["sb3_predict_per_s"] = _spread([sb3_predict_rate(n) for _ in range(repeats)])
+    print("roofline ...", flush=True)
+    res["roofline"] = roofline()
+    if solve:
+        print(f"time to solve over {seeds} seeds ...", flush=True)
+        res["recurl_solve"] = [recurl_time_to_solve("cartpole-novel-fast", s, eval_every=2) for s in range(seeds)]
+        if sb3:
+            res["sb3_solve"] = [sb3_time_to_solve(s, max_steps=30_000 if quick else 100_000) for s in range(seeds)]
+    _report(res, Path(out))
+    return res
+
+
+def _agent_rate(n: int) -> float:
+    import tempfile
+
+    from recurl.agent import Agent
+
+    with tempfile.TemporaryDirectory() as d:
+        _recurl("cartpole-novel-zoo", 0).save(d)
+        agent = Agent.load(d)
+    agent.reset(1)
+    obs = np.zeros((1, 2), np.float32)
+    return _rate(lambda _: agent.act(obs), n)
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+
+
+def _median_solve(runs: list[dict[str, Any]]) -> float | None:
+    times = [r["solved_s"] for r in runs if r["solved_s"] is not None]
+    return statistics.median(times) if len(times) > len(runs) / 2 else None
+
+
+def _report(res: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["| measure | recurl | sb3-contrib 2.9.2 | ratio |", "|---|---|---|---|"]
+
+    def cell(d: dict | float | None, fmt: str) -> str:
+        if d is None:
+            return "-"
+        if isinstance(d, dict):
+            return f"{d['median']:{fmt}} ({d['min']:{fmt}}-{d['max']:{fmt}})"
+        return format(d, fmt)
+
+    def row(name: str, ours: dict | float | None, theirs: dict | float | None, fmt: str, lower_better=False) -> None:
+        o = ours["median"] if isinstance(ours, dict) else ours
+        t = theirs["median"] if isinstance(theirs, dict) else theirs
+        ratio = "" if o is None or t is None else f"{(t / o if lower_better else o / t):.1f}x"
+        rows.append(f"| {name} | {cell(ours, fmt)} | {cell(theirs, fmt)} | {ratio} |")
+
+    row("training env steps/s (zoo settings)", res["recurl_steps_per_s"], res.get("sb3_steps_per_s"), ".0f")
+    row("predict calls/s (one obs + state)", res["recurl_predict_per_s"], res.get("sb3_predict_per_s"), ".0f")
+    if "recurl_agent_act_per_s" in res:
+        row("Agent.act calls/s", res["recurl_agent_act_per_s"], res.get("sb3_predict_per_s"), ".0f")
+    if "recurl_solve" in res:
+        row("median wall time to >= 475 (s)", _median_solve(res["recurl_solve"]),
+            _median_solve(res.get("sb3_solve", [])) if "sb3_solve" in res else None, ".1f", lower_better=True)
+    rf = res["roofline"]
+    lines = [
+        "# Benchmarks: recurl vs sb3-contrib RecurrentPPO",
+        "",
+        f"Machine: {res['machine']}. Regenerate with `recurl bench` (`--quick` for a smoke run).",
+        "Ranges are min-max over repeats; the machine's noise shows in them.",
+        "",
+        *rows,
+        "",
+        f"Roofline: matmul at the LSTM step's shape [8, 66] x [66, 256]: {rf['matmul_gflops_at_step_shape']:.1f} "
+        f"GFLOP/s (512^3: {rf['matmul_gflops_512']:.1f}); the training step reaches {rf['train_step_gflops']:.1f} "
+        f"GFLOP/s, {rf['fraction_of_step_shape_roofline']:.0%} of the step-shape rate.",
+    ]
+    if "recurl_solve" in res:
+        lines += ["", "Time to solve, per seed (training seconds, env steps; recurl's final score):", ""]
+        for r in res["recurl_solve"]:
+            lines.append(f"- recurl seed {r['seed']}: solved at {r['solved_s'] and round(r['solved_s'], 1)} s, "
+                         f"{r['solved_steps']} steps; final {r['final_return']:.0f} (holds: {r['final_holds']})")
+        for r in res.get("sb3_solve", []):
+            lines.append(f"- sb3-contrib seed {r['seed']}: solved at {r['solved_s'] and round(r['solved_s'], 1)} s, "
+                         f"{r['solved_steps']} steps")
+    (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    (out / "benchmarks.json").write_text(json.dumps(res, indent=2, default=str))
+    _plot(res, out / "benchmarks.png")
+    print("\n".join(lines))
+
+
+def _plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [("train steps/s", "recurl_steps_per_s", "sb3_steps_per_s"),
+             ("predict calls/s", "recurl_predict_per_s", "sb3_predict_per_s")]
+    pairs = [p for p in pairs if p[2] in res]
+    if not pairs:
+        return
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.2))
+    for ax, (title, a, b) in zip(np.atleast_1d(axes), pairs):
+        vals = [res[a]["median"], res[b]["median"]]
+        ax.bar(["recurl", "sb3-contrib"], vals, color=["tab:blue", "tab:grey"])
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main_bench(argv: list[str]) -> int:
+    """``recurl bench [--quick] [--seeds N] [--out DIR] [--no-sb3] [--no-solve]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="recurl bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="docs")
+    p.add_argument("--quick", action="store_true", help="a smoke run: fewer steps, one seed")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-sb3", action="store_true")
+    p.add_argument("--no-solve", action="store_true")
+    a = p.parse_args(argv)
+    run_bench(a.out, a.quick, a.seeds, not a.no_sb3, not a.no_solve, a.repeats)
+    return 0
+

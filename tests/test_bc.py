@@ -1,0 +1,207 @@
+"""Recurrent behaviour cloning: the delay shift, the chunk streamer's memory handling, runs, BC -> PPO."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from recurl.algos.bc import ActionDelay, BCConfig, BehaviourCloning, build_stream, delayed_pairs, stream_unroll
+from recurl.algos.ppo import RecurrentPPO
+from recurl.cli import main
+from recurl.data.trajectories import Episode, write_dataset
+from recurl.errors import RecurlError
+from recurl.nn.policy import PolicyConfig, RecurrentPolicy
+from recurl.obs import ObsConverter
+from recurl.record import collect_episodes
+from recurl.runs import load_model
+
+TMAZE = "recurl/SwampTour-Tmaze_both-v0"
+# The optimal plan on the fixed T-maze: up, left, to the left goal; teleported back: up, right, to the right one.
+TMAZE_PLAN = [0, 0, 1, 0, 0, 0, 0, 2, 0, 0]
+SMALL = ["--hidden-size", "16", "--encoder-hidden", "16", "--threads", "1", "--device", "cpu"]
+
+
+class Scripted:
+    """Replays a fixed action list each episode (an Agent for collect_episodes)."""
+
+    def __init__(self, actions: list[int]) -> None:
+        self.plan = actions
+
+    def reset(self, env: gym.Env) -> None:
+        self.i = 0
+
+    def act(self, obs: np.ndarray) -> int:
+        self.i += 1
+        return self.plan[self.i - 1] if self.i <= len(self.plan) else 0
+
+
+@pytest.fixture(scope="module")
+def tmaze_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    env = gym.make(TMAZE)
+    episodes = collect_episodes(env, Scripted(TMAZE_PLAN), 12, seed=0)
+    env.close()
+    return str(write_dataset(tmp_path_factory.mktemp("data") / "tmaze-v0", episodes, TMAZE))
+
+
+@pytest.fixture(scope="module")
+def bc_run(tmaze_dataset: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    run = tmp_path_factory.mktemp("runs") / "bc"
+    assert main(["train", "--algo", "bc", "--dataset", tmaze_dataset, "--run-dir", str(run), "--quiet",
+                 "--max-epochs", "150", "--patience", "150", "--val-fraction", "0", "--chunk-len", "4",
+                 "--batch-size", "4", "--learning-rate", "3e-3", "--eval-episodes", "4", *SMALL]) == 0
+    return str(run)
+
+
+def _episode(ep_id: int, length: int, rng: np.random.Generator) -> Episode:
+    """Observation = [episode id, step, noise]: every stream position can be traced to its source."""
+    obs = np.stack([np.full(length + 1, ep_id), np.arange(length + 1), rng.normal(size=length + 1)], 1)
+    return Episode(obs.astype(np.float32), np.arange(length) % 3, np.zeros(length), np.zeros(length, bool),
+                   np.zeros(length, bool))
+
+
+# -- the delay shift ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("delay", [0, 1, 3])
+def test_delay_pairs_observation_t_with_action_t_plus_d(delay: int) -> None:
+    T = 7
+    ep = Episode(np.arange(T + 1, dtype=np.float32)[:, None], np.arange(T) * 10, np.zeros(T), np.zeros(T, bool),
+                 np.zeros(T, bool))
+    obs, target = delayed_pairs(ep, delay)
+    assert len(obs) == len(target) == T - delay
+    np.testing.assert_array_equal(target, (obs[:, 0] + delay) * 10)  # target[t] = actions[t + D]
+    stream = build_stream([(obs, target)], [0], 1, 4, ObsConverter(gym.spaces.Box(0, 99, (1,))), torch.long)
+    m = stream.mask[:, 0]
+    assert torch.equal(stream.actions[m, 0], (stream.obs[m, 0, 0].long() + delay) * 10)
+
+
+def test_action_delay_runs_each_action_d_steps_later_and_restarts_with_each_episode() -> None:
+    env = gym.make_vec(TMAZE, num_envs=1, vectorization_mode="sync")
+    executed: list[int] = []
+    inner = env.envs[0].unwrapped
+    step = inner.step
+    inner.step = lambda a: (executed.append(int(a)), step(a))[1]  # spy on what really runs
+    delayed = ActionDelay(env, 2)
+    delayed.reset(seed=0)
+    chosen = [2, 1, 1, 2, 1, 2, 2, 1, 1, 2, 1, 2, 2, 1, 1, 2, 1, 2, 2, 1, 1, 2]  # turns only: a 20-step time-out
+    ends = []
+    for t, a in enumerate(chosen):
+        _, _, term, trunc, _ = delayed.step(np.array([a]))
+        if term[0] or trunc[0]:
+            ends.append(t)
+    assert ends == [19]
+    assert executed[:20] == [0, 0, *chosen[:18]]  # default action first, then each choice 2 steps late
+    # step 20 is the autoreset step (its action is ignored); the new episode again starts with defaults
+    assert executed[20:] == [0]  # step 21: first step of episode 2 runs the default, not chosen[19] or [20]
+    env.close()
+
+
+# -- the chunk streamer -------------------------------------------------------------------------------------
+def test_streamer_carries_state_within_episodes_and_resets_between_them() -> None:
+    rng = np.random.default_rng(0)
+    lengths = [7, 3, 9, 5, 4, 1, 6]
+    episodes = [_episode(i, n, rng) for i, n in enumerate(lengths)]
+    pairs = [delayed_pairs(ep, 0) for ep in episodes]
+    space = gym.spaces.Box(-100, 100, (3,), np.float32)
+    torch.manual_seed(0)
+    policy = RecurrentPolicy(space, gym.spaces.Discrete(3), PolicyConfig(core="gru", hidden_size=8,
+                                                                          normalize_obs=False))
+    stream = build_stream(pairs, rng.permutation(len(pairs)), 2, 3, ObsConverter(space), torch.long)
+    # Episodes change inside chunks (the chunk length does not divide the lengths), rows carry several episodes.
+    assert stream.is_first[1:].any() and int(stream.is_first.sum()) >= len(episodes)
+    seen = set()
+    with torch.no_grad():
+        refs = [policy.unroll(torch.as_tensor(o)[:, None], policy.initial_state(1),
+                              torch.arange(len(o)).eq(0)[:, None])[0].logits[:, 0] for o, _ in pairs]
+        for t0, (chunk, dist) in zip(range(0, stream.length, 3), stream_unroll(policy, stream, 3)):
+            for t, r in zip(*torch.nonzero(chunk.mask, as_tuple=True)):
+                ep, k = int(chunk.obs[t, r, 0]), int(chunk.obs[t, r, 1])
+                seen.add((ep, k))
+                # Equal to the episode run alone from a zero state: the state crossed every chunk boundary
+                # inside the episode, and nothing crossed from the episode before it on the same row.
+                torch.testing.assert_close(dist.logits[t, r], refs[ep][k], rtol=1e-5, atol=1e-6)
+    assert len(seen) == sum(lengths)
+
+
+def test_no_gradient_crosses_an_episode_boundary_inside_a_chunk() -> None:
+    rng = np.random.default_rng(1)
+    pairs = [delayed_pairs(_episode(i, n, rng), 0) for i, n in enumerate([3, 4])]
+    space = gym.spaces.Box(-100, 100, (3,), np.float32)
+    policy = RecurrentPolicy(space, gym.spaces.Discrete(3), PolicyConfig(core="lstm", hidden_size=8,
+                                                                          normalize_obs=False))
+    stream = build_stream(pairs, [0, 1], 1, 7, ObsConverter(space), torch.long)
+    obs = stream.obs.clone().requires_grad_(True)
+    dist, _, _ = policy.unroll(obs, policy.initial_state(1), stream.is_first)
+    (g_second,) = torch.autograd.grad(dist.logits[3:].sum(), obs, retain_graph=True)
+    (g_first,) = torch.autograd.grad(dist.logits[:3].sum(), obs)
+    assert g_second[:3].abs().sum() == 0 and g_second[3:].abs().sum() > 0
+    assert g_first[3:].abs().sum() == 0 and g_first[:3].abs().sum() > 0
+
+
+# -- runs ---------------------------------------------------------------------------------------------------
+def test_bc_cli_run_learns_the_tmaze_plan_and_loads_back(bc_run: str) -> None:
+    meta = json.loads(open(f"{bc_run}/config.json").read())
+    assert meta["algo"] == "bc" and meta["config"]["env"] == TMAZE  # env taken from the dataset
+    summary = json.loads(open(f"{bc_run}/summary.json").read())
+    # The two visits start from the same view: only memory of the first goal can pick the second.
+    assert summary["success_rate"] == 1.0
+    model = load_model(bc_run, device="cpu")
+    assert isinstance(model, BehaviourCloning)
+    assert main(["eval", bc_run, "--episodes", "2"]) == 0
+
+
+def test_bc_run_initialises_ppo_with_identical_actions(bc_run: str, tmp_path) -> None:
+    bc = load_model(bc_run, device="cpu")
+    pol = {"hidden_size": 16, "encoder_hidden": (16,)}
+    ppo = RecurrentPPO(TMAZE, init_from=bc_run, kl_teacher=0.1, policy=pol, num_envs=2, n_steps=16,
+                       batch_size=32, device="cpu")
+    for a, b in zip(bc.policy.state_dict().values(), ppo.policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    env = gym.make(TMAZE)
+    obs_seq = [ep.observations[:-1] for ep in collect_episodes(env, Scripted(TMAZE_PLAN), 2, seed=3)]
+    for obs in obs_seq:
+        s_bc = s_ppo = None
+        for t, o in enumerate(obs):
+            a_bc, s_bc = bc.predict(o, s_bc, np.array([t == 0]), deterministic=True)
+            a_ppo, s_ppo = ppo.predict(o, s_ppo, np.array([t == 0]), deterministic=True)
+            assert a_bc == a_ppo
+    ppo.learn(total_steps=32, progress=False)  # the KL-to-teacher loss runs on a BC teacher
+    assert ppo.num_timesteps == 32
+
+
+def test_bc_continuous_actions_resume_and_delay(tmp_path) -> None:
+    env = gym.make("Pendulum-v1")
+    rng = np.random.default_rng(0)
+
+    class Swing:
+        def reset(self, env: gym.Env) -> None:
+            pass
+
+        def act(self, obs: np.ndarray) -> np.ndarray:
+            return np.clip([-2.0 * obs[2] + 0.1 * rng.normal()], -2, 2).astype(np.float32)
+
+    data = write_dataset(tmp_path / "pend-v0", collect_episodes(env, Swing(), 3, seed=0), "Pendulum-v1")
+    cfg = BCConfig(dataset=str(data), action_delay=2, chunk_len=50, max_epochs=2, val_fraction=0.34,
+                   checkpoint_every=1, eval_episodes=1, device="cpu", policy=PolicyConfig(hidden_size=8))
+    bc = BehaviourCloning(cfg).learn(run_dir=tmp_path / "run", progress=False)
+    assert bc.epoch == 2 and isinstance(bc._make_env(1), ActionDelay)
+    assert isinstance(load_model(tmp_path / "run", device="cpu").action_space, gym.spaces.Box)
+    meta = json.loads(open(tmp_path / "run" / "config.json").read())
+    meta["config"]["max_epochs"] = 3
+    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))  # resume trains on to the new max_epochs
+    resumed = BehaviourCloning.resume(tmp_path / "run", progress=False)
+    assert resumed.epoch == 3 and resumed.n_updates > bc.n_updates
+    lines = open(tmp_path / "run" / "progress.csv").read().strip().splitlines()
+    assert len(lines) == 1 + 3 and "val/loss" in lines[0]
+
+
+def test_bad_bc_options_are_clear_errors(tmaze_dataset: str) -> None:
+    with pytest.raises(RecurlError, match="needs --dataset"):
+        BehaviourCloning(BCConfig(env=TMAZE))
+    with pytest.raises(RecurlError, match="val_fraction"):
+        BCConfig(dataset=tmaze_dataset, val_fraction=1.0)
+    with pytest.raises(RecurlError, match="spaces"):
+        BehaviourCloning(BCConfig(dataset=tmaze_dataset, env="recurl/SwampTour-ruin_2swamp-v0"))
+    assert main(["train", "--algo", "bc", "--dataset", "nowhere-v0", "--quiet"]) == 1

@@ -1,0 +1,40 @@
+"""Learning claims, proven with fixed seeds against thresholds, each beside its memoryless baseline.
+
+These train real agents (a minute or two each on 2 CPU cores); `pytest -m "not slow"` skips them.
+"""
+
+import pytest
+
+from recurl import RecurrentPPO, evaluate_policy
+from recurl.algos import build_config
+from recurl.algos.ppo import PPOConfig
+from recurl.presets import preset
+
+pytestmark = pytest.mark.slow
+
+
+def _train(preset_name: str, core: str, **overrides) -> RecurrentPPO:
+    _, ov = preset(preset_name)
+    ov.update(overrides)
+    ov["policy"] = {**ov.get("policy", {}), "core": core}
+    return RecurrentPPO(config=build_config(PPOConfig, {**ov, "seed": 0})).learn(progress=False)
+
+
+@pytest.mark.parametrize("core,check", [("lstm", lambda r: r >= 475), ("none", lambda r: r < 200)])
+def test_cartpole_novel_needs_memory(core: str, check) -> None:
+    model = _train("cartpole-novel", core)
+    assert model.num_timesteps <= 100_000
+    ret = evaluate_policy(model, n_episodes=20, seed=123)["mean_return"]
+    assert check(ret), f"core {core}: mean return {ret:.1f}"
+
+
+def test_tmaze_lstm_remembers_the_cue() -> None:
+    model = _train("tmaze", "lstm")
+    r = evaluate_policy(model, n_episodes=200, seed=123)
+    assert r["success_rate"] >= 0.95 and r["mean_length"] <= 21.5, r
+
+
+def test_tmaze_memoryless_guesses() -> None:
+    model = _train("tmaze", "none")
+    r = evaluate_policy(model, n_episodes=200, seed=123)
+    assert 0.35 <= r["success_rate"] <= 0.65, r

@@ -1,0 +1,211 @@
+"""R2D2: sequence windows, burn-in without gradient, n-step targets, priorities, save/load, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from recurl.algos.r2d2 import (
+    R2D2,
+    HardSigmoidCore,
+    QNetwork,
+    QNetworkConfig,
+    inverse_value_rescale,
+    n_step_targets,
+    value_rescale,
+)
+from recurl.cli import main
+from recurl.data.sequence_replay import SequenceReplay, SequenceWriter
+from recurl.obs import ObsConverter
+
+TINY = dict(env="recurl/SwampTour-ruin_2swamp-v0", env_kwargs={"compute_optimal": False}, num_envs=4,
+            learning_starts=200, batch_size=8, train_every=8, device="cpu", seed=0,
+            policy=QNetworkConfig(hidden_size=16, encoder_hidden=(16,)))
+
+
+def _fill(burn_in: int, seq_len: int, overlap: int, n_env: int = 3, steps: int = 400, max_len: int = 0):
+    """Drive a writer with episodes (up to ``max_len`` steps) whose observations are ``[episode id, step]``;
+    the states carry the same."""
+    rng = np.random.default_rng(0)
+    max_len = max_len or 3 * (burn_in + seq_len)
+    conv = ObsConverter(gym.spaces.Box(-np.inf, np.inf, (2,), np.float32))
+    replay = SequenceReplay(10_000, burn_in, seq_len, conv, ((1, 2),), priority_exponent=0.0)
+    writer = SequenceWriter(replay, n_env, conv, overlap)
+    ep = np.arange(n_env) + 1.0
+    t = np.zeros(n_env)
+    length = rng.integers(1, max_len + 1, n_env)
+    valid = np.ones(n_env, bool)
+    finished: dict[float, int] = {}
+    for _ in range(steps):
+        obs = torch.tensor(np.stack([ep, t], 1), dtype=torch.float32)
+        done = (t == length - 1) & valid
+        term = done & (rng.random(n_env) < 0.5)
+        trunc = done & ~term
+        next_obs = torch.tensor(np.stack([ep, t + 1], 1), dtype=torch.float32)
+        writer.add(np.flatnonzero(valid), obs, (obs.unsqueeze(0),), torch.zeros(n_env, dtype=torch.long),
+                   t.copy(), term, trunc, torch.as_tensor(t == 0), next_obs)
+        for i in np.flatnonzero(done):
+            finished[float(ep[i])] = int(length[i])
+        # NEXT_STEP autoreset: the step after an end is skipped; the next episode then starts at t = 0.
+        autoreset = ~valid
+        t = np.where(valid, t + 1, 0)
+        ep = np.where(autoreset, ep + n_env, ep)
+        length = np.where(autoreset, rng.integers(1, max_len + 1, n_env), length)
+        valid = ~done
+    return replay, finished
+
+
+@pytest.mark.parametrize("burn_in,seq_len,overlap", [(3, 5, 2), (0, 6, 0), (4, 4, 3)])
+def test_windows_never_mix_episodes_and_cover_every_step(burn_in: int, seq_len: int, overlap: int) -> None:
+    replay, finished = _fill(burn_in, seq_len, overlap)
+    covered: dict[float, set[int]] = {}
+    for i in range(len(replay)):
+        obs, valid, first = replay.obs[i], replay.valid[i], replay.is_first[i]
+        pos = torch.nonzero(valid).squeeze(1)
+        assert pos.numel() > 0
+        assert torch.equal(pos, torch.arange(int(pos[0]), int(pos[-1]) + 1)), "valid steps are contiguous"
+        ids, steps = obs[pos, 0], obs[pos, 1]
+        assert (ids == ids[0]).all(), "one window, one episode"
+        assert torch.equal(steps, steps[0] + torch.arange(len(pos)))
+        assert torch.equal(first[pos], steps == 0) and not first[int(pos[-1]) + 1 :].any()
+        assert (obs[: int(pos[0])] == 0).all(), "padding only in front of an episode start"
+        if int(pos[0]) > 0:
+            assert steps[0] == 0
+        # The observation after the last valid transition is the next one of the same episode.
+        assert obs[int(pos[-1]) + 1].tolist() == [float(ids[0]), float(steps[-1]) + 1]
+        if valid[0]:  # the stored state is the actor's state before obs[0]
+            assert replay.states[0][i, 0].tolist() == obs[0].tolist()
+        trained = pos[pos >= burn_in]
+        covered.setdefault(float(ids[0]), set()).update(int(s) for s in obs[trained, 1])
+    for ep, n in finished.items():
+        assert covered.get(ep) == set(range(n)), f"episode {ep}: every step is trained on at least once"
+
+
+def test_whole_episode_windows_are_one_per_episode() -> None:
+    replay, finished = _fill(0, 20, 0, steps=300, max_len=20)
+    starts = replay.is_first[: len(replay), 0]
+    assert starts.all() and len(replay) == len(finished)
+
+
+def test_n_step_targets_termination_vs_truncation() -> None:
+    g, n = 0.9, 3
+    r = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [0.0, 0.0]])
+    valid = torch.tensor([[True, True], [True, True], [True, True], [False, False]])
+    term = torch.tensor([[False, False], [False, False], [True, False], [False, False]])  # col 1: truncated
+    boot = torch.tensor([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [40.0, 40.0], [50.0, 50.0]])
+    G = n_step_targets(r, term, valid, boot, g, n)
+    # Column 0 terminates at t=2: no bootstrap. Column 1 is truncated at t=2: bootstrap from its final obs (40).
+    assert G[:3, 0].tolist() == pytest.approx([1 + g * 2 + g * g * 3, 2 + g * 3, 3.0])
+    assert G[:3, 1].tolist() == pytest.approx([1 + g * 2 + g * g * 3 + g**3 * 40, 2 + g * 3 + g * g * 40,
+                                               3 + g * 40])
+    # A window end stops the sum too: with n = 3 and only 2 steps left, bootstrap from the window's last obs.
+    G2 = n_step_targets(r[:2], torch.zeros(2, 2, dtype=torch.bool), valid[:2], boot[:3], g, n)
+    assert G2[0, 0].item() == pytest.approx(1 + g * 2 + g * g * 30)
+
+
+def test_value_rescaling_inverts() -> None:
+    x = torch.linspace(-500, 500, 101, dtype=torch.float64)
+    torch.testing.assert_close(inverse_value_rescale(value_rescale(x)), x)
+
+
+def test_hard_sigmoid_cells_have_the_articles_parameter_counts() -> None:
+    space = gym.spaces.Box(0, 1, (5, 10), np.float32)
+    for core, total in (("lstm", 15_779), ("gru", 12_675)):
+        cfg = QNetworkConfig(core=core, hidden_size=32, encoder_hidden=(64,), dueling=False, hard_sigmoid=True)
+        net = QNetwork(space, 3, cfg)
+        assert sum(p.numel() for p in net.parameters()) == total
+        # step-by-step == unroll, and the reset inside the core stops state from leaking
+        x, first = torch.randn(6, 2, 5, 10), torch.zeros(6, 2, dtype=torch.bool)
+        first[3, 0] = True
+        q, s = net.unroll(x, net.initial_state(2), first)
+        state = net.initial_state(2)
+        for t in range(6):
+            _, v, state = net.step(x[t], state, first[t])
+            torch.testing.assert_close(v, q[t].max(-1).values)
+        q_alone, _ = net.unroll(x[3:, :1], net.initial_state(1), first[3:, :1])
+        torch.testing.assert_close(q[3:, :1], q_alone)
+    assert isinstance(net.core, HardSigmoidCore)
+
+
+def _trained(**kw) -> R2D2:
+    m = R2D2(**{**TINY, **kw})
+    m.learn(total_steps=600, progress=False)
+    return m
+
+
+def test_burn_in_carries_no_gradient_and_priorities_update() -> None:
+    m = R2D2(**{**TINY, "burn_in": 4, "seq_len": 6, "overlap": 2})
+    m.learn(total_steps=400, progress=False)
+    replay = SequenceReplay(100, 4, 6, m.obs_conv, ((1, 16), (1, 16)))
+    writer = SequenceWriter(replay, 1, m.obs_conv, 2)
+    env = m._make_env(1)
+    obs, _ = env.reset(seed=0)
+    state, first = m.policy.initial_state(1), torch.ones(1, dtype=torch.bool)
+    while len(replay) < 8:
+        o = m.obs_conv.to_torch(obs, m.device)
+        dist, _, new_state = m.policy.step(o, state, first, 0.5)
+        a = dist.sample()
+        obs, r, te, tr, _ = env.step(a.numpy())
+        writer.add(np.array([0]), o, state, a, r, te, tr, first, m.obs_conv.to_torch(obs, m.device))
+        state, first = new_state, torch.as_tensor(te | tr)
+        if te[0] or tr[0]:  # skip the autoreset step
+            obs, *_ = env.step(a.numpy())
+    batch = replay.sample(8, 0.6, m.device)
+    batch.obs.requires_grad_(True)
+    loss, prio, _ = m._loss(batch)
+    loss.backward()
+    grad = batch.obs.grad.abs().sum(dim=(1, 2, 3))  # [W + 1]
+    assert (grad[:4] == 0).all(), "burn-in steps carry no gradient"
+    assert grad[4:-1].sum() > 0
+    # Priorities: eta * max|delta| + (1 - eta) * mean|delta| replace the initial max priority.
+    assert (replay.priorities[:8] == 1.0).all()
+    replay.update_priorities(batch.indices, prio.numpy())
+    assert np.allclose(replay.priorities[batch.indices], prio.numpy())
+    assert replay.max_priority >= float(prio.max())
+
+
+def test_save_load_gives_identical_q_values_and_states(tmp_path) -> None:
+    m = _trained(policy=QNetworkConfig(core="gru", hidden_size=16, encoder_hidden=(16,)))
+    assert m.n_updates > 0
+    m.save(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["algo"] == "r2d2"
+    m2 = R2D2.load(tmp_path, device="cpu")
+    x = torch.rand(7, 3, *m.observation_space.shape)
+    first = torch.zeros(7, 3, dtype=torch.bool)
+    first[0] = True
+    q1, s1 = m.policy.unroll(x, m.policy.initial_state(3), first)
+    q2, s2 = m2.policy.unroll(x, m2.policy.initial_state(3), first)
+    torch.testing.assert_close(q1, q2, rtol=0, atol=0)
+    for a, b in zip(s1, s2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    a1, st1 = m.predict(x[0, 0].numpy())
+    a2, st2 = m2.predict(x[0, 0].numpy())
+    assert a1 == a2 and all(np.array_equal(u, v) for u, v in zip(st1, st2))
+
+
+def test_cli_trains_evaluates_and_resumes(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--algo", "r2d2", "--env", "recurl/SwampTour-Tmaze_either-v0", "--total-steps", "800",
+            "--num-envs", "4", "--learning-starts", "200", "--batch-size", "4", "--hidden-size", "16",
+            "--seq-len", "5", "--overlap", "0", "--burn-in", "0", "--eval-episodes", "4", "--device", "cpu",
+            "--checkpoint-every", "10", "--run-dir", str(run), "--quiet"]
+    assert main(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["episodes"] == 4 and summary["core"] == "lstm" and summary["env_steps"] >= 800
+    for f in ("model.safetensors", "config.json", "trainer.pt", "progress.csv"):
+        assert (run / f).exists()
+    assert main(["eval", str(run), "--episodes", "3", "--json"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["config"]["total_steps"] = 1200
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert json.loads((run / "summary.json").read_text())["env_steps"] >= 1200
+
+
+def test_bad_options_are_clear_errors(capsys) -> None:
+    assert main(["train", "--algo", "r2d2", "--overlap", "30", "--seq-len", "20"]) == 1
+    assert "overlap" in capsys.readouterr().err
