@@ -57,7 +57,7 @@ class TMazes:
 
 
 def play(model_path: str, episodes: int, length: int, n_envs: int = 4, seed: int = 0) -> float:
-    """Play ``episodes`` T-maze episodes with the exported agent; returns the success rate.
+    """Play ``episodes`` T-maze episodes (rounded up to a multiple of ``n_envs``); returns the success rate.
 
     Each maze plays an equal share, so quick (successful) episodes are not over-counted.
     """

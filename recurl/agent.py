@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from recurl.errors import RecurlError
-from recurl.nn.heads import ActionDist
-from recurl.nn.recurrent import RecurrentCore, State
+from recurl.nn.recurrent import State
 from recurl.obs import ObsConverter
 from recurl.util import set_threads
 
@@ -51,10 +50,9 @@ class Agent:
         core = self.policy.actor.core
         self._state_shape = (core.num_layers, core.hidden_size)
         self._n_state = core.n_state
-        self._core_step = _CellStep(core)
-        self._state: State | None = None
-        self._first: torch.Tensor | None = None  # [n_envs] bool: the next step starts an episode
-        self._no_first: torch.Tensor | None = None  # [n_envs] all false, reused after every step
+        self._state: State | None = None  # None until reset()
+        self._n_envs = 0
+        self._pending_first: torch.Tensor | None = None  # [n_envs] bool episode starts for the next step
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu", deterministic: bool = True) -> Agent:
@@ -67,7 +65,7 @@ class Agent:
     @property
     def n_envs(self) -> int | None:
         """Envs the internal state is sized for (``None`` before :meth:`reset`)."""
-        return None if self._first is None else int(self._first.shape[0])
+        return None if self._state is None else self._n_envs
 
     def initial_state(self, n: int = 1) -> State:
         """Zero state for ``n`` envs: ``n_state`` float32 tensors ``[layers, n, hidden_size]``."""
@@ -78,8 +76,8 @@ class Agent:
         if n_envs < 1:
             raise RecurlError(f"n_envs must be >= 1, got {n_envs}")
         self._state = self.initial_state(n_envs)
-        self._first = torch.ones(n_envs, dtype=torch.bool, device=self.device)
-        self._no_first = torch.zeros(n_envs, dtype=torch.bool, device=self.device)
+        self._n_envs = n_envs
+        self._pending_first = torch.ones(n_envs, dtype=torch.bool, device=self.device)
 
     # -- acting -------------------------------------------------------------------------------------------
     def act(self, obs: Any, state: State | None = None, is_first: Any = None) -> Any:
@@ -98,31 +96,32 @@ class Agent:
         """
         x, n, batched = self._obs_conv.from_user(obs, self.device)
         if state is None:
-            if self._first is None:
+            if self._state is None:
                 raise RecurlError("call agent.reset(n_envs) before agent.act(obs), or pass a state")
-            if n != self._first.shape[0]:
-                raise RecurlError(f"got {n} observation(s) but the agent was reset for {self._first.shape[0]} "
+            if n != self._n_envs:
+                raise RecurlError(f"got {n} observation(s) but the agent was reset for {self._n_envs} "
                                   f"env(s): call agent.reset({n}) or pass one observation per env")
-            first = self._first if is_first is None else self._first | self._is_first(is_first, n)
+            first, user_first = self._pending_first, self._is_first(is_first, n)
+            if user_first is not None:
+                first = user_first if first is None else first | user_first
             action, self._state = self._step(x, self._state, first)
-            self._first = self._no_first
+            self._pending_first = None
             return action if batched else action[0]
         action, new_state = self._step(x, self._check_state(state, n), self._is_first(is_first, n))
         return (action if batched else action[0]), new_state
 
     @torch.inference_mode()
-    def _step(self, x: Any, state: State, is_first: torch.Tensor) -> tuple[np.ndarray, State]:
-        """Actor-only step: ``x`` obs ``[N, ...]``, ``state`` ``[layers, N, H]``, ``is_first[N]`` bool."""
+    def _step(self, x: Any, state: State, is_first: torch.Tensor | None) -> tuple[np.ndarray, State]:
+        """Actor-only step: ``x`` obs ``[N, ...]``, ``state`` ``[layers, N, H]``, ``is_first[N]`` bool
+        (``None``: no episode starts, the common case, which skips the reset arithmetic)."""
         pol = self.policy
-        keep = (~is_first).unsqueeze(-1).float()  # [N, 1]: zero the state of envs starting an episode
-        y, new_state = self._core_step(pol.actor.encoder(pol.normalize(x)), state, keep)
-        dist: ActionDist = pol.pi(pol.actor.mlp(y))
+        dist, new_state = pol.act(x, state, is_first)
         action = dist.mode() if self.deterministic else dist.sample()
         return self._env_action(action), new_state
 
-    def _is_first(self, is_first: Any, n: int) -> torch.Tensor:
+    def _is_first(self, is_first: Any, n: int) -> torch.Tensor | None:
         if is_first is None:
-            return torch.zeros(n, dtype=torch.bool, device=self.device)
+            return None
         a = np.asarray(is_first.cpu() if isinstance(is_first, torch.Tensor) else is_first)
         if a.size != n or (a.dtype != bool and not np.isin(a, (0, 1)).all()):
             raise RecurlError(f"is_first must be {n} bool(s), one per observation, got shape {a.shape} "
@@ -140,43 +139,3 @@ class Agent:
                 raise RecurlError(f"state tensor has shape {tuple(s.shape)} but {n} observation(s) need "
                                   f"[layers, N, hidden] = {want}")
         return out
-
-
-class _CellStep:
-    """One step of a :class:`RecurrentCore` through the fused single-step cell kernels, layer by layer.
-
-    Same weights and maths as ``core.step``, but ``torch.lstm_cell`` and friends cost a fraction of a
-    length-1 ``nn.LSTM`` call on CPU (measured ~28 us vs ~140 us for 64 units), which dominates acting.
-    Holds references to the core's parameters, so later weight updates are seen.
-    """
-
-    _CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
-
-    def __init__(self, core: RecurrentCore) -> None:
-        self.core = core
-        net = core.net
-        self.weights = [] if core.kind == "none" else [
-            tuple(getattr(net, f"{name}_l{i}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            for i in range(core.num_layers)
-        ]
-
-    def __call__(self, x: torch.Tensor, state: State, keep: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """``x[N, F]``, state tensors ``[layers, N, H]``, ``keep[N, 1]`` (0 resets) -> ``(y[N, H], state)``."""
-        kind = self.core.kind
-        if kind == "none":
-            return self.core.net(x), ()
-        cell = self._CELLS[kind]
-        h = state[0] * keep
-        if kind == "lstm":
-            c = state[1] * keep
-            hs, cs = [], []
-            for i, w in enumerate(self.weights):
-                x, ci = cell(x, (h[i], c[i]), *w)
-                hs.append(x)
-                cs.append(ci)
-            return x, (torch.stack(hs), torch.stack(cs))
-        hs = []
-        for i, w in enumerate(self.weights):
-            x = cell(x, h[i], *w)
-            hs.append(x)
-        return x, (torch.stack(hs),)

@@ -22,6 +22,7 @@ commands:
   eval     evaluate a run:   recurl eval RUN_DIR --episodes N [--json]
   enjoy    watch a run:      recurl enjoy RUN_DIR [--episodes N] [--gif out.gif]
   demo     the memory demo:  LSTM vs memoryless PPO on the T-maze, side by side
+  diagnose does ENV need memory? recurl diagnose --env ID [--seeds N] [--steps N]
   bench    speed and time-to-solve against sb3-contrib (writes docs/benchmarks.md)
   melee    Melee imitation:  recurl melee prepare|train|eval ... (see docs/melee.md)
   export   deploy a run:     recurl export RUN_DIR --onnx out.onnx (see docs/deployment.md)
@@ -127,7 +128,7 @@ def cmd_enjoy(argv: list[str]) -> int:
 
 
 def cmd_demo(argv: list[str]) -> int:
-    from recurl.demo import run_demo
+    from recurl.diagnose import diagnose
 
     p = argparse.ArgumentParser(prog="recurl demo",
                                 description="Train LSTM and memoryless PPO on the T-maze and compare them.")
@@ -136,7 +137,28 @@ def cmd_demo(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=None, help="env steps per agent (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    run_demo(a.out, a.length, a.steps, a.seed)
+    diagnose(preset_name="tmaze", seeds=(a.seed,), steps=a.steps, out=a.out, env_kwargs={"length": a.length})
+    return 0
+
+
+def cmd_diagnose(argv: list[str]) -> int:
+    from recurl.diagnose import diagnose
+
+    p = argparse.ArgumentParser(prog="recurl diagnose",
+                                description="Does this task need memory? Recurrent vs memoryless PPO, equal budgets.")
+    p.add_argument("--env", required=True)
+    p.add_argument("--preset", default=None, help="PPO preset to start from (default: the env's own, if any)")
+    p.add_argument("--cores", default="lstm,none", help="comma-separated core kinds; include none")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per core")
+    p.add_argument("--steps", type=int, default=None, help="env steps per agent")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    from recurl.envs import resolve_env_id
+
+    env = resolve_env_id(a.env)
+    out = a.out or f"runs/diagnose_{env.replace('/', '_')}"
+    diagnose(env, a.preset, tuple(a.cores.split(",")), tuple(range(a.seeds)), a.steps, out, a.episodes)
     return 0
 
 
@@ -199,7 +221,8 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 COMMANDS = {
-    "train": cmd_train, "eval": cmd_eval, "enjoy": cmd_enjoy, "demo": cmd_demo, "bench": cmd_bench,
+    "train": cmd_train, "eval": cmd_eval, "enjoy": cmd_enjoy, "demo": cmd_demo, "diagnose": cmd_diagnose,
+    "bench": cmd_bench,
     "melee": cmd_melee, "export": cmd_export, "record": cmd_record, "play": cmd_play,
 }
 

@@ -38,6 +38,7 @@ from recurl.checkpoint import space_to_json
 from recurl.errors import RecurlError
 from recurl.nn.policy import RecurrentPolicy, _leaves
 from recurl.nn.recurrent import RecurrentCore
+from recurl.obs import _torch_dtype
 
 METADATA_KEY = "recurl"
 OPSET = 17
@@ -117,11 +118,8 @@ class OnnxStep(nn.Module):
 
 
 def _onnx_dtype(space: gym.Space) -> str:
-    if isinstance(space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
-        return "int64"
-    if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8:
-        return "uint8"
-    return "float32"
+    """The input's element type, the one recurl's policies take: ``float32``, ``uint8`` or ``int64``."""
+    return str(_torch_dtype(space)).removeprefix("torch.")
 
 
 def interface(policy: RecurrentPolicy) -> dict[str, Any]:
@@ -177,15 +175,11 @@ def _example_inputs(policy: RecurrentPolicy, batch: int, seed: int = 0) -> list[
         a = np.stack([space.sample() for _ in range(batch)])
         if np.issubdtype(a.dtype, np.floating):  # unbounded Box samples can be huge: keep them moderate
             a = np.clip(a, -5.0, 5.0)
-        leaves.append(torch.as_tensor(a, dtype=_torch_dtype(_onnx_dtype(space))))
+        leaves.append(torch.as_tensor(a, dtype=_torch_dtype(space)))
     cfg = policy.cfg
     state = [torch.randn(cfg.num_layers, batch, cfg.hidden_size, generator=gen) for _ in state_names(policy)]
     is_first = (torch.arange(batch) % 2).float()
     return [*leaves, *state, is_first]
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    return {"int64": torch.long, "uint8": torch.uint8, "float32": torch.float32}[name]
 
 
 def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool = True) -> dict[str, Any]:
@@ -193,7 +187,7 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool =
     to the ONNX file ``path``; returns the interface stored in its metadata (see :func:`interface`).
 
     With ``verify`` the file is checked by ``onnx.checker`` and, when onnxruntime is installed, run on a
-    random batch and compared with the PyTorch policy (a mismatch over 1e-4 raises :class:`RecurlError`).
+    random batch and compared with the same step run in PyTorch (over 1e-4 apart raises :class:`RecurlError`).
     """
     try:
         import onnx

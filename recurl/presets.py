@@ -13,6 +13,30 @@ from recurl.errors import RecurlError
 _ZOO_POLICY = {"encoder_hidden": (), "head_hidden": (64,), "activation": "relu", "ortho_init": False,
                "hidden_size": 64, "shared_core": False}
 
+# The swamp-tour article's DRQN agents (shared/specs/swamptour.md 4.3; what is reproduced: docs/r2d2.md).
+_ARTICLE = {
+    "env": "recurl/SwampTour-ruin_2swamp-v0", "env_kwargs": {"compute_optimal": False}, "num_envs": 1,
+    "total_steps": 5_000, "gamma": 0.9, "exploration": "constant", "epsilon": 0.4, "replay_capacity": 100,
+    "seq_len": 20, "overlap": 0, "burn_in": 0, "stored_state": False, "bptt": 1, "n_step": 1,
+    "double_q": False, "target_update_every": 1, "value_rescaling": False, "priority_exponent": 0.0,
+    "importance_beta": 0.0, "train_every": 20, "gradient_steps": 8, "batch_size": 1, "learning_starts": 100,
+    "learning_rate": 1e-3, "adam_eps": 1e-7, "max_grad_norm": 0.0,
+    "policy": {"hidden_size": 32, "encoder_hidden": (64,), "dueling": False, "hard_sigmoid": True},
+}
+# recurl's R2D2 on the swamp tour: whole episodes (seq_len = the task's time limit, so no burn-in or
+# stored state is needed), previous action and reward as inputs, GRU 64 (spec 6.3).
+_R2D2_SWAMP = {
+    "env_kwargs": {"compute_optimal": False}, "num_envs": 16, "burn_in": 0, "overlap": 0,
+    "prev_action_reward": True, "gamma": 0.95, "n_step": 5, "value_rescaling": False, "target_update_every": 250,
+    "learning_rate": 1e-3, "learning_starts": 5_000, "policy": {"core": "gru"},
+}
+
+
+def _swamp(task: str, max_time: int, steps: int, **extra: Any) -> tuple[str, dict[str, Any]]:
+    return ("r2d2", {**_R2D2_SWAMP, "env": f"recurl/SwampTour-{task}-v0", "seq_len": max_time,
+                     "total_steps": steps, **extra})
+
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # rl-baselines3-zoo's tuned RecurrentPPO settings for CartPoleNoVel-v1, as sb3-contrib runs them.
     "cartpole-novel-zoo": ("ppo", {
@@ -38,6 +62,15 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "batch_size": 512, "n_epochs": 4, "learning_rate": 1e-3, "ent_coef": 0.05, "gamma": 0.99,
         "total_steps": 100_000, "policy": {"forget_bias": 3.0},
     }),
+    "article-lstm": ("r2d2", {**_ARTICLE, "policy": {**_ARTICLE["policy"], "core": "lstm"}}),
+    "article-gru": ("r2d2", {**_ARTICLE, "policy": {**_ARTICLE["policy"], "core": "gru"}}),
+    "silent_ruin": _swamp("silent_ruin", 25, 50_000),
+    "open_field": _swamp("open_field", 15, 50_000),
+    "many_swamp": _swamp("many_swamp", 30, 200_000),
+    "Tmaze_both": _swamp("Tmaze_both", 20, 50_000),
+    "Tmaze_either": _swamp("Tmaze_either", 5, 30_000),
+    "ruin_1swamp": _swamp("ruin_1swamp", 10, 150_000),
+    "ruin_2swamp": _swamp("ruin_2swamp", 20, 300_000),
 }
 
 

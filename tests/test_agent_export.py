@@ -148,7 +148,7 @@ def test_agent_stateful_equals_pure(tmp_path: Path) -> None:
     for t in range(20):
         obs = rng.random((3, 4), dtype=np.float32)
         starts = rng.random(3) < 0.2
-        action = agent.act(obs, is_first=starts)
+        action = agent.act(obs, is_first=starts if starts.any() else None)  # both code paths
         pure, state = agent.act(obs, state, starts | (t == 0))  # the first call after reset is a start
         np.testing.assert_array_equal(action, pure)
     for a, b in zip(agent._state, state):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -115,7 +117,7 @@ def test_streamer_carries_state_within_episodes_and_resets_between_them() -> Non
     with torch.no_grad():
         refs = [policy.unroll(torch.as_tensor(o)[:, None], policy.initial_state(1),
                               torch.arange(len(o)).eq(0)[:, None])[0].logits[:, 0] for o, _ in pairs]
-        for t0, (chunk, dist) in zip(range(0, stream.length, 3), stream_unroll(policy, stream, 3)):
+        for chunk, dist in stream_unroll(policy, stream, 3):
             for t, r in zip(*torch.nonzero(chunk.mask, as_tuple=True)):
                 ep, k = int(chunk.obs[t, r, 0]), int(chunk.obs[t, r, 1])
                 seen.add((ep, k))
@@ -142,9 +144,9 @@ def test_no_gradient_crosses_an_episode_boundary_inside_a_chunk() -> None:
 
 # -- runs ---------------------------------------------------------------------------------------------------
 def test_bc_cli_run_learns_the_tmaze_plan_and_loads_back(bc_run: str) -> None:
-    meta = json.loads(open(f"{bc_run}/config.json").read())
+    meta = json.loads(Path(bc_run, "config.json").read_text())
     assert meta["algo"] == "bc" and meta["config"]["env"] == TMAZE  # env taken from the dataset
-    summary = json.loads(open(f"{bc_run}/summary.json").read())
+    summary = json.loads(Path(bc_run, "summary.json").read_text())
     # The two visits start from the same view: only memory of the first goal can pick the second.
     assert summary["success_rate"] == 1.0
     model = load_model(bc_run, device="cpu")
@@ -188,12 +190,12 @@ def test_bc_continuous_actions_resume_and_delay(tmp_path) -> None:
     bc = BehaviourCloning(cfg).learn(run_dir=tmp_path / "run", progress=False)
     assert bc.epoch == 2 and isinstance(bc._make_env(1), ActionDelay)
     assert isinstance(load_model(tmp_path / "run", device="cpu").action_space, gym.spaces.Box)
-    meta = json.loads(open(tmp_path / "run" / "config.json").read())
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
     meta["config"]["max_epochs"] = 3
     (tmp_path / "run" / "config.json").write_text(json.dumps(meta))  # resume trains on to the new max_epochs
     resumed = BehaviourCloning.resume(tmp_path / "run", progress=False)
     assert resumed.epoch == 3 and resumed.n_updates > bc.n_updates
-    lines = open(tmp_path / "run" / "progress.csv").read().strip().splitlines()
+    lines = (tmp_path / "run" / "progress.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 3 and "val/loss" in lines[0]
 
 
@@ -205,3 +207,14 @@ def test_bad_bc_options_are_clear_errors(tmaze_dataset: str) -> None:
     with pytest.raises(RecurlError, match="spaces"):
         BehaviourCloning(BCConfig(dataset=tmaze_dataset, env="recurl/SwampTour-ruin_2swamp-v0"))
     assert main(["train", "--algo", "bc", "--dataset", "nowhere-v0", "--quiet"]) == 1
+
+
+def test_the_recurrent_training_docs_run(capsys) -> None:
+    """Every python block of docs/recurrent_training.md runs, in order, in one namespace."""
+    text = (Path(__file__).parents[1] / "docs" / "recurrent_training.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 6
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/recurrent_training.md", "exec"), namespace)
+    assert "step-by-step error" in capsys.readouterr().out

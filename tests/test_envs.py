@@ -62,7 +62,7 @@ def test_tmaze_wrong_turn_and_timeout() -> None:
     assert term and r == -0.1 and not info["success"]
     env.reset(seed=0)
     for _ in range(4):
-        env.step(1)  # turning in the corridor does nothing
+        assert env.step(1)[1] == 0.0  # turning in the corridor does nothing
     _, _, term, trunc, info = env.step(1)
     assert trunc and not term and not info["success"]
 

@@ -124,8 +124,8 @@ def test_hard_sigmoid_cells_have_the_articles_parameter_counts() -> None:
         q, s = net.unroll(x, net.initial_state(2), first)
         state = net.initial_state(2)
         for t in range(6):
-            _, v, state = net.step(x[t], state, first[t])
-            torch.testing.assert_close(v, q[t].max(-1).values)
+            dist, state = net.act(x[t], state, first[t])
+            torch.testing.assert_close(dist.q, q[t])
         q_alone, _ = net.unroll(x[3:, :1], net.initial_state(1), first[3:, :1])
         torch.testing.assert_close(q[3:, :1], q_alone)
     assert isinstance(net.core, HardSigmoidCore)
@@ -147,7 +147,7 @@ def test_burn_in_carries_no_gradient_and_priorities_update() -> None:
     state, first = m.policy.initial_state(1), torch.ones(1, dtype=torch.bool)
     while len(replay) < 8:
         o = m.obs_conv.to_torch(obs, m.device)
-        dist, _, new_state = m.policy.step(o, state, first, 0.5)
+        dist, new_state = m.policy.act(o, state, first, 0.5)
         a = dist.sample()
         obs, r, te, tr, _ = env.step(a.numpy())
         writer.add(np.array([0]), o, state, a, r, te, tr, first, m.obs_conv.to_torch(obs, m.device))

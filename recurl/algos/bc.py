@@ -327,6 +327,7 @@ class BehaviourCloning:
     # Acting is exactly PPO's: same policy class, same state threading, same Box clipping.
     _env_action = RecurrentPPO._env_action
     predict = RecurrentPPO.predict
+    _state_shapes = RecurrentPPO._state_shapes
     copy_policy = RecurrentPPO.copy_policy
 
     # -- data --------------------------------------------------------------------------------------------

@@ -305,7 +305,7 @@ class QNetwork(nn.Module):
 
     Acting takes ``obs[B, ...]`` and ``is_first[B]``; training takes ``obs[T, B, ...]`` and
     ``is_first[T, B]``. ``state`` is a tuple of ``[layers, B, H]`` tensors. This is also the policy that
-    :func:`recurl.evaluation.run_episodes` plays: ``step`` returns an :class:`EpsilonGreedy`.
+    :func:`recurl.evaluation.run_episodes` plays: ``act`` returns an :class:`EpsilonGreedy`.
     """
 
     def __init__(self, obs_space: gym.Space, n_actions: int, cfg: QNetworkConfig) -> None:
@@ -346,13 +346,12 @@ class QNetwork(nn.Module):
         q = a if self.value is None else self.value(z) + a - a.mean(-1, keepdim=True)
         return q, state
 
-    def step(self, obs: Obs, state: State, is_first: torch.Tensor, epsilon: float | torch.Tensor = 0.0
-             ) -> tuple[EpsilonGreedy, torch.Tensor, State]:
-        """One step: ``obs[B, ...]``, ``is_first[B]`` -> (epsilon-greedy action dist, max Q ``[B]``, state)."""
+    def act(self, obs: Obs, state: State, is_first: torch.Tensor, epsilon: float | torch.Tensor = 0.0
+            ) -> tuple[EpsilonGreedy, State]:
+        """One step: ``obs[B, ...]``, ``is_first[B]`` -> (epsilon-greedy action distribution over ``[B]``, state)."""
         obs1 = {k: v.unsqueeze(0) for k, v in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(0)
         q, state = self.unroll(obs1, state, is_first.unsqueeze(0))
-        q = q.squeeze(0)
-        return EpsilonGreedy(q, epsilon), q.max(-1).values, state
+        return EpsilonGreedy(q.squeeze(0), epsilon), state
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -559,14 +558,14 @@ class R2D2:
         logger.start(self.num_timesteps)
         log_every = max(N, total // 200)
         start_steps, since_train, next_log = self.num_timesteps, 0, self.num_timesteps + log_every
-        train_logs: dict[str, float] = {}
+        train_logs = {"train/loss": float("nan"), "train/q_mean": float("nan")}  # CSV columns from the first row
         t_log, steps_log = time.perf_counter(), self.num_timesteps
         try:
             while self.num_timesteps < total:
                 eps = self.epsilons()
                 obs_t = self.obs_conv.to_torch(obs, self.device)
                 with torch.inference_mode():
-                    dist, _, new_state = self.policy.step(obs_t, state, is_first.to(self.device), eps)
+                    dist, new_state = self.policy.act(obs_t, state, is_first.to(self.device), eps)
                     action = dist.sample()
                 next_obs, reward, term, trunc, info = env.step(self._env_action(action))
                 stats.add(reward, term, trunc, info, valid)
@@ -623,7 +622,7 @@ class R2D2:
         else:
             is_first = torch.as_tensor(np.asarray(episode_start, bool).reshape(n), device=self.device)
         with torch.inference_mode():
-            dist, _, new_state = self.policy.step(obs, torch_state, is_first, self.config.epsilon)
+            dist, new_state = self.policy.act(obs, torch_state, is_first, self.config.epsilon)
             action = dist.mode() if deterministic else dist.sample()
         a = self._env_action(action)
         return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)

@@ -7,7 +7,8 @@ guesses: about 50% success.
 
 Observation ``Box(0, 1, (4,), float32)``: ``[cue_up, cue_down, in_corridor, at_junction]``.
 Actions ``Discrete(3)``: 0 = forward (east), 1 = turn up, 2 = turn down. Turning inside the corridor
-is a no-op that costs ``bump_penalty``. Turning at the junction ends the episode with reward
+does nothing; pushing forward at the junction bumps into the wall and costs ``bump_penalty`` (0.1),
+which makes dawdling there worse than guessing. Turning at the junction ends the episode with reward
 ``+1`` (correct, ``info["success"] = True``) or ``-wrong_penalty`` (default ``-0.1``, as in Bakker's
 maze: reaching the junction pays even for a guesser, so a memoryless agent learns to walk there and
 then scores about 50%). The episode is truncated after ``max_steps`` (default ``3 * length + 10``)
@@ -31,7 +32,7 @@ class TMazeEnv(gym.Env[np.ndarray, np.int64]):
         self,
         length: int = 20,
         max_steps: int | None = None,
-        bump_penalty: float = 0.0,
+        bump_penalty: float = 0.1,
         wrong_penalty: float = 0.1,
         render_mode: str | None = None,
     ) -> None:
@@ -69,15 +70,15 @@ class TMazeEnv(gym.Env[np.ndarray, np.int64]):
         action = int(action)
         self._t += 1
         reward, terminated, info = 0.0, False, {}
-        if action == 0:
-            self._pos = min(self._pos + 1, self.length)
+        if action == 0 and self._pos < self.length:
+            self._pos += 1
+        elif action == 0:  # forward at the junction: into the wall
+            reward = -self.bump_penalty
         elif self._pos == self.length:
             terminated = True
             success = action - 1 == self._cue
             reward = 1.0 if success else -self.wrong_penalty
             info["success"] = success
-        else:
-            reward = -self.bump_penalty
         truncated = not terminated and self._t >= self.max_steps
         if truncated:
             info["success"] = False

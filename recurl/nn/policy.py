@@ -7,6 +7,7 @@ State is one flat tuple of tensors ``[layers, B, H]``: the actor core's state, t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import gymnasium as gym
 import torch
@@ -24,7 +25,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "el
 class PolicyConfig:
     """Network shape of a recurrent actor-critic."""
 
-    core: str = "lstm"
+    core: Literal["lstm", "gru", "rnn", "none"] = "lstm"
     """Memory core: lstm, gru, rnn (tanh) or none (memoryless baseline, same interface)."""
     hidden_size: int = 64
     """Units per recurrent layer."""
@@ -36,7 +37,7 @@ class PolicyConfig:
     """MLP sizes between the observation encoding and the core (empty: feed the encoding directly)."""
     head_hidden: tuple[int, ...] = ()
     """MLP sizes between the core and the action/value heads (SB3's net_arch after the LSTM)."""
-    activation: str = "tanh"
+    activation: Literal["tanh", "relu", "elu"] = "tanh"
     """Activation of the MLPs: tanh, relu or elu."""
     shared_core: bool = False
     """One core for actor and critic (true) or a separate critic core (false, SB3's enable_critic_lstm)."""
@@ -69,6 +70,10 @@ class _Tower(nn.Module):
         self, obs: Obs, state: State, is_first: torch.Tensor, return_state: bool = True
     ) -> tuple[torch.Tensor, State]:
         y, state = self.core.unroll(self.encoder(obs), state, is_first, return_state)
+        return self.mlp(y), state
+
+    def step(self, obs: Obs, state: State, is_first: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        y, state = self.core.step(self.encoder(obs), state, is_first)
         return self.mlp(y), state
 
 
@@ -142,25 +147,23 @@ class RecurrentPolicy(nn.Module):
 
     def step(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[ActionDist, torch.Tensor, State]:
         """One step: ``obs[B, ...]``, ``is_first[B]`` -> (distribution over ``[B]``, value ``[B]``, state)."""
-        obs1 = {k: v.unsqueeze(0) for k, v in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(0)
-        dist, value, state = self.unroll(obs1, state, is_first.unsqueeze(0))
-        return _squeeze_dist(dist), value.squeeze(0), state
+        obs = self.normalize(obs)
+        a_state, c_state = state[: self._n_actor], state[self._n_actor :]
+        h_pi, a_state = self.actor.step(obs, a_state, is_first)
+        h_v = h_pi
+        if self.critic is not None:
+            h_v, c_state = self.critic.step(obs, c_state, is_first)
+        return self.pi(h_pi), self.v(h_v).squeeze(-1), tuple(a_state) + tuple(c_state)
 
+    def act(self, obs: Obs, state: State, is_first: torch.Tensor | None) -> tuple[ActionDist, State]:
+        """Acting only: one step of the actor, ``obs[B, ...]``, ``is_first[B]`` (or ``None``) ->
+        (distribution, state).
 
-    def act(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[ActionDist, State]:
-        """Acting only: one step of the actor, ``obs[B, ...]``, ``is_first[B]`` -> (distribution, state).
-
-        Skips the critic (half the work with separate cores); its part of the state is passed through
-        unchanged, so use either ``act`` or ``step`` for a whole episode, not both.
+        Skips the critic (half the work with separate cores); its part of the state, if passed, comes
+        back unchanged, so use either ``act`` or ``step`` for a whole episode, not both.
         """
-        obs1 = {k: v.unsqueeze(0) for k, v in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(0)
-        a_state = state[: self._n_actor]
-        h_pi, a_state = self.actor.unroll(self.normalize(obs1), a_state, is_first.unsqueeze(0))
-        return _squeeze_dist(self.pi(h_pi)), tuple(a_state) + tuple(state[self._n_actor :])
-
-
-def _squeeze_dist(dist: ActionDist) -> ActionDist:
-    return ActionDist(dist.kind, dist.params.squeeze(0), dist.log_std, dist.splits)
+        h_pi, a_state = self.actor.step(self.normalize(obs), state[: self._n_actor], is_first)
+        return self.pi(h_pi), tuple(a_state) + tuple(state[self._n_actor :])
 
 
 def _leaves(space: gym.Space) -> list[tuple[str | None, gym.Space]]:

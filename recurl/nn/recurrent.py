@@ -30,6 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 CoreKind = Literal["lstm", "gru", "rnn", "none"]
 CORE_KINDS: tuple[str, ...] = ("lstm", "gru", "rnn", "none")
 State = tuple[torch.Tensor, ...]
+_CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
 
 
 def state_size(kind: str) -> int:
@@ -92,13 +93,33 @@ class RecurrentCore(nn.Module):
         return tuple(torch.zeros(shape, device=device) for _ in range(self.n_state))
 
     # -- acting ---------------------------------------------------------------------------------------
-    def step(self, x: torch.Tensor, state: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """One step. ``x[B, F]``, ``state`` as from ``initial_state(B)``, ``is_first[B]`` bool.
+    def step(
+        self, x: torch.Tensor, state: State, is_first: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        """One step. ``x[B, F]``, ``state`` as from ``initial_state(B)``, ``is_first[B]`` bool (``None``: no
+        episode starts, which skips the reset arithmetic).
 
-        Returns ``(y[B, H], new_state)``.
+        Returns ``(y[B, H], new_state)``. Runs the library's single-step cell kernels
+        (``torch.lstm_cell`` and friends) on the same weights, layer by layer: on CPU they cost a fraction
+        of a length-1 sequence call (~28 us vs ~140 us at 64 units), and acting is all single steps.
         """
-        y, new_state = self.unroll(x.unsqueeze(0), state, is_first.unsqueeze(0))
-        return y.squeeze(0), new_state
+        if self.kind == "none":
+            return self.net(x), ()
+        if is_first is not None:
+            keep = (~is_first.to(torch.bool)).to(x.dtype).unsqueeze(-1)  # reset inside the core
+            state = tuple(s * keep for s in state)
+        net, cell = self.net, _CELLS[self.kind]
+        outs: list[list[torch.Tensor]] = [[] for _ in state]
+        for i in range(self.num_layers):
+            w = (getattr(net, f"weight_ih_l{i}"), getattr(net, f"weight_hh_l{i}"),
+                 getattr(net, f"bias_ih_l{i}"), getattr(net, f"bias_hh_l{i}"))
+            if self.kind == "lstm":
+                x, c = cell(x, (state[0][i], state[1][i]), *w)
+                outs[1].append(c)
+            else:
+                x = cell(x, state[0][i], *w)
+            outs[0].append(x)
+        return x, tuple(torch.stack(o) for o in outs)
 
     # -- training -------------------------------------------------------------------------------------
     def unroll(
