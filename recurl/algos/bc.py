@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from recurl.algos import build_config
-from recurl.algos.ppo import RecurrentPPO
+from recurl.algos.base import PolicyModel
 from recurl.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -276,7 +276,7 @@ class ActionDelay(gym.vector.VectorWrapper):
 # ---------------------------------------------------------------------------------------------------
 # The algorithm
 # ---------------------------------------------------------------------------------------------------
-class BehaviourCloning:
+class BehaviourCloning(PolicyModel):
     """Recurrent behaviour cloning with the same run-directory, loading and evaluation API as PPO.
 
     Args:
@@ -323,12 +323,6 @@ class BehaviourCloning:
         self.best_val = math.inf
         self.bad_epochs = 0
         self._best: dict[str, torch.Tensor] | None = None
-
-    # Acting is exactly PPO's: same policy class, same state threading, same Box clipping.
-    _env_action = RecurrentPPO._env_action
-    predict = RecurrentPPO.predict
-    _state_shapes = RecurrentPPO._state_shapes
-    copy_policy = RecurrentPPO.copy_policy
 
     # -- data --------------------------------------------------------------------------------------------
     def _split(self) -> tuple[list[tuple[ObsArray, np.ndarray]], list[tuple[ObsArray, np.ndarray]]]:
