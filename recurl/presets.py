@@ -37,7 +37,22 @@ def _swamp(task: str, max_time: int, steps: int, **extra: Any) -> tuple[str, dic
                      "total_steps": steps, **extra})
 
 
+
+
+def _ppo_swamp(task: str, steps: int) -> tuple[str, dict[str, Any]]:
+    """Recurrent PPO on a swamp-tour task; episodes are short, so one 32-step chunk holds several."""
+    return ("ppo", {
+        "env": f"recurl/SwampTour-{task}-v0", "env_kwargs": {"compute_optimal": False}, "num_envs": 16,
+        "n_steps": 32, "batch_size": 256, "n_epochs": 4, "learning_rate": 1e-3, "ent_coef": 0.01,
+        "gamma": 0.95, "total_steps": steps, "policy": {"forget_bias": 3.0},
+    })
+
+
+_PPO_SWAMP_STEPS = {"silent_ruin": 200_000, "open_field": 150_000, "many_swamp": 400_000, "Tmaze_both": 150_000,
+                    "Tmaze_either": 100_000, "ruin_1swamp": 150_000, "ruin_2swamp": 400_000}
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{f"ppo-{task}": _ppo_swamp(task, steps) for task, steps in _PPO_SWAMP_STEPS.items()},
     # rl-baselines3-zoo's tuned RecurrentPPO settings for CartPoleNoVel-v1, as sb3-contrib runs them.
     "cartpole-novel-zoo": ("ppo", {
         "env": "recurl/CartPoleNoVel-v1", "num_envs": 8, "n_steps": 32, "batch_size": 256, "n_epochs": 20,
