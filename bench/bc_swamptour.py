@@ -34,7 +34,8 @@ from recurl.cli import main as recurl_main
 from recurl.data.trajectories import write_dataset
 from recurl.envs.swamptour import Layout, SwampTourConfig
 from recurl.envs.swamptour_solver import _Board
-from recurl.record import collect_episodes
+from recurl.record import PolicyAgent, collect_episodes
+from recurl.runs import load_model
 
 POLICY_FLAGS = ["--hidden-size", "64", "--encoder-hidden", "64"]
 
@@ -87,6 +88,18 @@ class PlannerExpert:
         return self.actions.pop() if self.actions else 0
 
 
+def make_expert(kind: str, task: str, out: Path, seed: int, eval_episodes: int) -> tuple[Any, float]:
+    """``(expert, its deterministic success rate)``: the planner, or a recurrent PPO agent trained here
+    with the task's preset (it sees only what the agent sees, so its behaviour is clonable)."""
+    env_id = f"recurl/SwampTour-{task}-v0"
+    if kind == "planner":
+        return PlannerExpert(), expert_success(env_id, eval_episodes, seed=10_000)
+    run = out / f"{task}-expert-ppo"
+    s = train(["--preset", f"ppo-{task}", "--seed", str(seed), "--eval-episodes", str(eval_episodes),
+               "--run-dir", str(run)])
+    return PolicyAgent(load_model(run)), s["success_rate"]
+
+
 def expert_success(env_id: str, episodes: int, seed: int) -> float:
     env = gym.make(env_id)
     eps = collect_episodes(env, PlannerExpert(), episodes, seed)
@@ -116,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ppo-task", default="ruin_2swamp")
     p.add_argument("--ppo-steps", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--expert", choices=["planner", "ppo"], default="planner",
+                   help="planner: full-map BFS; ppo: a recurrent PPO agent trained with the task's preset")
     a = p.parse_args(argv)
     out = Path(a.out)
     if out.exists():
@@ -124,15 +139,17 @@ def main(argv: list[str] | None = None) -> None:
     common = ["--eval-episodes", str(a.eval_episodes), "--seed", str(a.seed), *POLICY_FLAGS]
     for task in a.tasks:
         env_id = f"recurl/SwampTour-{task}-v0"
+        expert, success = make_expert(a.expert, task, out, a.seed, a.eval_episodes)
         env = gym.make(env_id)
         t0 = time.perf_counter()
-        episodes = collect_episodes(env, PlannerExpert(), a.episodes, seed=a.seed)
+        episodes = collect_episodes(env, expert, a.episodes, seed=a.seed)
         env.close()
-        data = write_dataset(out / f"{task}-expert-v0", episodes, env_id, algorithm_name="BFS planner")
+        data = write_dataset(out / f"{task}-expert-v0", episodes, env_id, algorithm_name=f"{a.expert} expert")
         r: dict[str, Any] = {
+            "expert": a.expert,
             "record_s": round(time.perf_counter() - t0, 1),
             "dataset_steps": int(sum(len(ep) for ep in episodes)),
-            "expert_success": expert_success(env_id, a.eval_episodes, seed=10_000),
+            "expert_success": success,
         }
         for core in ("lstm", "none"):
             s = train(["--algo", "bc", "--dataset", str(data), "--core", core,

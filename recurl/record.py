@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from recurl.data.trajectories import Episode, episode_from_lists, write_dataset
 from recurl.envs import resolve_env_id
@@ -28,29 +27,19 @@ class Agent(Protocol):
 
 
 class PolicyAgent:
-    """A trained model (anything :func:`recurl.runs.load_model` returns) as an :class:`Agent`.
-
-    Threads the recurrent state through the episode; ``deterministic`` takes the mode of the action
-    distribution, otherwise actions are sampled.
-    """
+    """A trained model (anything :func:`recurl.runs.load_model` returns) as an :class:`Agent`, through the
+    deployment runtime :class:`recurl.Agent`, which threads the recurrent state through the episode."""
 
     def __init__(self, model: Any, deterministic: bool = True) -> None:
-        self.model, self.deterministic = model, deterministic
-        self._state: tuple[torch.Tensor, ...] = ()
-        self._first = True
+        from recurl.agent import Agent as Runtime
+
+        self.runtime = Runtime(model, deterministic=deterministic)
 
     def reset(self, env: gym.Env) -> None:
-        self._state = self.model.policy.initial_state(1, self.model.device)
-        self._first = True
+        self.runtime.reset(1)
 
-    @torch.inference_mode()
     def act(self, obs: Any) -> Any:
-        m = self.model
-        x, _, _ = m.obs_conv.from_user(obs, m.device)
-        is_first = torch.tensor([self._first], device=m.device)
-        dist, _, self._state = m.policy.step(x, self._state, is_first)
-        self._first = False
-        return m._env_action(dist.mode() if self.deterministic else dist.sample())[0]
+        return self.runtime.act(obs)
 
 
 def collect_episodes(env: gym.Env, agent: Agent, episodes: int, seed: int | None = 0) -> list[Episode]:
