@@ -78,3 +78,13 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     (run / "config.json").write_text("{not json")
     res = _run("eval", str(run))
     assert res.returncode == 1 and "corrupt" in res.stderr
+
+
+def test_diagnose_compares_memory_and_memoryless(tmp_path: Path) -> None:
+    out = tmp_path / "diag"
+    assert main(["diagnose", "--env", "TMaze-v0", "--steps", "1024", "--episodes", "8", "--out", str(out)]) == 0
+    text = (out / "results.md").read_text()
+    assert "| lstm | 0 |" in text and "| none | 0 |" in text and "Verdict" in text
+    assert (out / "memory.png").is_file()
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["core"] for r in rows} == {"lstm", "none"} and all(r["env_steps"] == 1024 for r in rows)
