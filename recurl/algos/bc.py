@@ -22,7 +22,6 @@ at step ``t + D`` (:class:`ActionDelay`; the first ``D`` steps of an episode exe
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 import time
@@ -36,30 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from recurl.algos import build_config
-from recurl.algos.base import PolicyModel
-from recurl.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    TRAINER_FILE,
-    load_trainer_state,
-    load_weights,
-    read_json,
-    save_trainer_state,
-    save_weights,
-    space_from_json,
-    space_to_json,
-    write_json,
-)
+from recurl.algos.base import Algorithm
 from recurl.data.trajectories import Episode, ObsArray, TrajectoryDataset, dataset_env, load_dataset
-from recurl.envs import make_vec_env
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import Obs
 from recurl.nn.heads import ActionDist
 from recurl.nn.policy import PolicyConfig, RecurrentPolicy
 from recurl.obs import ObsConverter
-from recurl.util import pick_device, set_seed, set_threads
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,42 +259,36 @@ class ActionDelay(gym.vector.VectorWrapper):
 # ---------------------------------------------------------------------------------------------------
 # The algorithm
 # ---------------------------------------------------------------------------------------------------
-class BehaviourCloning(PolicyModel):
+class BehaviourCloning(Algorithm):
     """Recurrent behaviour cloning with the same run-directory, loading and evaluation API as PPO.
 
     Args:
         config: a :class:`BCConfig` (``dataset`` is required); keyword ``overrides`` replace its fields.
     """
 
-    def __init__(self, config: BCConfig | None = None, **overrides: Any) -> None:
-        cfg = config or BCConfig()
-        if "policy" in overrides and isinstance(overrides["policy"], dict):
-            overrides["policy"] = dataclasses.replace(cfg.policy, **overrides["policy"])
-        try:
-            cfg = dataclasses.replace(cfg, **overrides)
-        except TypeError as e:
-            raise RecurlError(f"unknown BC option: {e}") from None
-        if not cfg.dataset:
-            raise RecurlError("behaviour cloning needs --dataset PATH (a Minari dataset directory)")
-        self._data: TrajectoryDataset | None = load_dataset(cfg.dataset)
-        self.config = cfg
-        self.device = pick_device(cfg.device)
-        set_threads(cfg.threads)
-        set_seed(cfg.seed)
-        probe = self._make_env(1)
-        self.observation_space = probe.single_observation_space
-        self.action_space = probe.single_action_space
-        probe.close()
-        if (self._data.observation_space, self._data.action_space) != (self.observation_space, self.action_space):
-            raise RecurlError(f"the dataset's spaces ({self._data.observation_space}, {self._data.action_space}) "
-                              f"differ from {cfg.env}'s ({self.observation_space}, {self.action_space})")
-        self._build(self.observation_space, self.action_space)
+    algo = "bc"
+    config_class = BCConfig
 
-    # -- construction ------------------------------------------------------------------------------------
+    def __init__(self, config: BCConfig | None = None, **overrides: Any) -> None:
+        super().__init__(None, config, **overrides)
+
+    def _prepare(self) -> None:
+        if not self.config.dataset:
+            raise RecurlError("behaviour cloning needs --dataset PATH (a Minari dataset directory)")
+        self._data: TrajectoryDataset | None = load_dataset(self.config.dataset)
+
+    def _check_spaces(self) -> None:
+        data = self._data
+        if (data.observation_space, data.action_space) != (self.observation_space, self.action_space):
+            raise RecurlError(f"the dataset's spaces ({data.observation_space}, {data.action_space}) "
+                              f"differ from {self.config.env}'s ({self.observation_space}, {self.action_space})")
+
+    def _loaded(self) -> None:
+        self._data = None  # the dataset is only needed to train
+
     def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
-        cfg = self.config
-        env = make_vec_env(cfg.env, n, cfg.env_kwargs, False, render_mode)
-        return ActionDelay(env, cfg.action_delay) if cfg.action_delay > 0 else env
+        env = super()._make_env(n, render_mode)
+        return ActionDelay(env, self.config.action_delay) if self.config.action_delay > 0 else env
 
     def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
         self.policy = RecurrentPolicy(obs_space, action_space, self.config.policy).to(self.device)
@@ -420,67 +397,12 @@ class BehaviourCloning(PolicyModel):
         return self
 
     # -- persistence -------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write ``model.safetensors`` (PPO's ``policy.*`` key layout) and ``config.json`` into ``path``."""
-        from recurl import __version__
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "n_updates": self.n_updates,
+                "best_val": self.best_val, "bad_epochs": self.bad_epochs, "best": self._best}
 
-        path = Path(path)
-        save_weights(path / MODEL_FILE, {f"policy.{k}": v for k, v in self.policy.state_dict().items()})
-        write_json(path / CONFIG_FILE, {
-            "algo": "bc",
-            "config": dataclasses.asdict(self.config),
-            "observation_space": space_to_json(self.observation_space),
-            "action_space": space_to_json(self.action_space),
-            "state_shapes": [list(s.shape) for s in self.policy.initial_state(1, "cpu")],
-            "versions": {"recurl": __version__, "torch": torch.__version__, "gymnasium": gym.__version__},
-        })
-
-    def checkpoint(self, run_dir: str | Path) -> None:
-        """Save the model plus everything needed to resume (optimizer, counters, best weights, RNG)."""
-        run_dir = Path(run_dir)
-        self.save(run_dir)
-        save_trainer_state(run_dir / TRAINER_FILE, {
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "n_updates": self.n_updates,
-            "best_val": self.best_val,
-            "bad_epochs": self.bad_epochs,
-            "best": self._best,
-            "torch_rng": torch.get_rng_state(),
-        })
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto", **overrides: Any) -> BehaviourCloning:
-        """Load a saved BC run directory (the dataset is not needed to act or evaluate)."""
-        path = Path(path)
-        meta = read_json(path / CONFIG_FILE)
-        if meta.get("algo") != "bc":
-            raise RecurlError(f"{path} holds a {meta.get('algo')!r} model, not a BC one")
-        cfg = build_config(BCConfig, {**meta["config"], "device": str(device), **overrides})
-        tensors = load_weights(path / MODEL_FILE)
-        self = cls.__new__(cls)
-        self.config = cfg
-        self.device = pick_device(cfg.device)
-        self._data = None
-        self.observation_space = space_from_json(meta["observation_space"])
-        self.action_space = space_from_json(meta["action_space"])
-        self._build(self.observation_space, self.action_space)
-        try:
-            self.policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
-        except RuntimeError as e:
-            raise RecurlError(f"corrupt or mismatched model file in {path}: {e}") from None
-        return self
-
-    @classmethod
-    def resume(cls, run_dir: str | Path, progress: bool = True) -> BehaviourCloning:
-        """Continue a killed run from its last checkpoint (the dataset must still be at its path)."""
-        run_dir = Path(run_dir)
-        self = cls.load(run_dir, device=read_json(run_dir / CONFIG_FILE)["config"].get("device", "auto"))
-        set_threads(self.config.threads)
-        state = load_trainer_state(run_dir / TRAINER_FILE)
+    def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.n_updates = int(state["epoch"]), int(state["n_updates"])
         self.best_val, self.bad_epochs = float(state["best_val"]), int(state["bad_epochs"])
         self._best = state["best"]
-        torch.set_rng_state(state["torch_rng"])
-        return self.learn(run_dir=run_dir, progress=progress)

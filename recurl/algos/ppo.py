@@ -18,7 +18,6 @@ How memory is handled, in one place:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -31,28 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from recurl.algos.base import PolicyModel
-from recurl.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    TRAINER_FILE,
-    load_trainer_state,
-    load_weights,
-    read_json,
-    save_trainer_state,
-    save_weights,
-    space_from_json,
-    space_to_json,
-    write_json,
-)
-from recurl.envs import make_vec_env
+from recurl.algos.base import Algorithm
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import RunningNorm
 from recurl.nn.policy import PolicyConfig, RecurrentPolicy
 from recurl.nn.recurrent import State
 from recurl.obs import ObsConverter
-from recurl.util import pick_device, set_seed, set_threads
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,19 +136,6 @@ class PPOConfig:
         return self.batch_size // self.chunk_len
 
 
-def config_from_dict(d: dict[str, Any]) -> PPOConfig:
-    """Rebuild a :class:`PPOConfig` from its JSON form (unknown keys are an error)."""
-    d = dict(d)
-    pol = dict(d.pop("policy", {}))
-    for k in ("encoder_hidden", "head_hidden"):
-        if k in pol:
-            pol[k] = tuple(pol[k])
-    try:
-        return PPOConfig(policy=PolicyConfig(**pol), **d)
-    except TypeError as e:
-        raise RecurlError(f"config.json does not match this recurl version: {e}") from None
-
-
 # ---------------------------------------------------------------------------------------------------
 # Generalised advantage estimation
 # ---------------------------------------------------------------------------------------------------
@@ -239,7 +210,7 @@ def _to_sequences(x: torch.Tensor, L: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 # The algorithm
 # ---------------------------------------------------------------------------------------------------
-class RecurrentPPO(PolicyModel):
+class RecurrentPPO(Algorithm):
     """Recurrent PPO with the Stable-Baselines3 API: ``learn``, ``predict``, ``save``, ``load``.
 
     Args:
@@ -247,31 +218,12 @@ class RecurrentPPO(PolicyModel):
         config: a :class:`PPOConfig`; keyword ``overrides`` replace its fields.
     """
 
-    def __init__(self, env: str | None = None, config: PPOConfig | None = None, **overrides: Any) -> None:
-        cfg = config or PPOConfig()
-        if env is not None:
-            overrides["env"] = env
-        if "policy" in overrides and isinstance(overrides["policy"], dict):
-            overrides["policy"] = dataclasses.replace(cfg.policy, **overrides["policy"])
-        try:
-            self.config = dataclasses.replace(cfg, **overrides)
-        except TypeError as e:
-            raise RecurlError(f"unknown PPO option: {e}") from None
-        cfg = self.config
-        self.device = pick_device(cfg.device)
-        set_threads(cfg.threads)
-        set_seed(cfg.seed)
-        self.env: gym.vector.VectorEnv | None = None
-        probe = self._make_env(1)
-        self.observation_space = probe.single_observation_space
-        self.action_space = probe.single_action_space
-        probe.close()
-        self._build(self.observation_space, self.action_space)
+    algo = "ppo"
+    config_class = PPOConfig
+    load_overrides = {"init_from": None, "kl_teacher": 0.0}  # a loaded model acts; it needs no teacher
 
-    # -- construction ------------------------------------------------------------------------------------
-    def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
-        cfg = self.config
-        return make_vec_env(cfg.env, n, cfg.env_kwargs, cfg.prev_action_reward, render_mode)
+    def _loaded(self) -> None:
+        self.env = None
 
     def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
         cfg = self.config
@@ -444,7 +396,6 @@ class RecurrentPPO(PolicyModel):
 
     # -- the training loop ---------------------------------------------------------------------------------
     def learn(self, total_steps: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
-              resume_state: dict[str, Any] | None = None,
               callback: Callable[[RecurrentPPO], bool] | None = None) -> RecurrentPPO:
         """Train until ``total_steps`` env steps in all (default: the config's), logging into ``run_dir``.
 
@@ -466,10 +417,10 @@ class RecurrentPPO(PolicyModel):
         buf = RolloutBuffer(cfg, self.obs_conv, tuple(self.action_space.shape or ()),
                             torch.float32 if isinstance(self.action_space, gym.spaces.Box) else torch.long,
                             self.device)
-        stats = EpisodeStats(cfg.num_envs)
+        stats = self._stats = EpisodeStats(cfg.num_envs)
         logger = RunLogger(run_dir, total, progress) if run_dir is not None else RunLogger(None, total, progress)
-        if resume_state is not None:
-            stats.load(resume_state["episodes"])
+        if getattr(self, "_episode_history", None):  # resumed: keep the recent-episode window
+            stats.load(self._episode_history)
         logger.start(self.num_timesteps)
         try:
             for _ in range(n_iters):
@@ -484,7 +435,7 @@ class RecurrentPPO(PolicyModel):
                         "time/collect_s": t1 - t0, "time/update_s": t2 - t1}
                 logger.log(self.num_timesteps, logs)
                 if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
-                    self.checkpoint(run_dir, stats)
+                    self.checkpoint(run_dir)
                 if callback is not None and callback(self) is False:
                     break
         finally:
@@ -492,82 +443,25 @@ class RecurrentPPO(PolicyModel):
             self.env.close()
             self.env = None
         if run_dir is not None:
-            self.checkpoint(run_dir, stats)
+            self.checkpoint(run_dir)
         return self
 
     # -- persistence -------------------------------------------------------------------------------------
-    def _config_json(self) -> dict[str, Any]:
-        return {
-            "algo": "ppo",
-            "config": dataclasses.asdict(self.config),
-            "observation_space": space_to_json(self.observation_space),
-            "action_space": space_to_json(self.action_space),
-            "state_shapes": [list(s.shape) for s in self.policy.initial_state(1, "cpu")],
-            "versions": {"recurl": _version(), "torch": torch.__version__, "gymnasium": gym.__version__},
-        }
-
     def _tensors(self) -> dict[str, torch.Tensor]:
-        t = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
-        t.update({f"reward_norm.{k}": v for k, v in self.reward_norm.state_dict().items()})
-        return t
+        return {**super()._tensors(), **{f"reward_norm.{k}": v for k, v in self.reward_norm.state_dict().items()}}
 
-    def save(self, path: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into the directory ``path``."""
-        path = Path(path)
-        save_weights(path / MODEL_FILE, self._tensors())
-        write_json(path / CONFIG_FILE, self._config_json())
+    def _load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super()._load_tensors(tensors)
+        self.reward_norm.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("reward_norm.")})
 
-    def checkpoint(self, run_dir: str | Path, stats: EpisodeStats) -> None:
-        """Save the model plus everything needed to resume (optimizer, RNG, counters)."""
-        run_dir = Path(run_dir)
-        self.save(run_dir)
-        save_trainer_state(run_dir / TRAINER_FILE, {
-            "optimizer": self.optimizer.state_dict(),
-            "num_timesteps": self.num_timesteps,
-            "n_updates": self.n_updates,
-            "torch_rng": torch.get_rng_state(),
-            "episodes": stats.state(),
-        })
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "num_timesteps": self.num_timesteps,
+                "n_updates": self.n_updates, "episodes": self._stats.state()}
 
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto", **overrides: Any) -> RecurrentPPO:
-        """Load a saved model directory (safetensors + JSON; no code from the files is executed)."""
-        path = Path(path)
-        meta = read_json(path / CONFIG_FILE)
-        if meta.get("algo") != "ppo":
-            raise RecurlError(f"{path} holds a {meta.get('algo')!r} model, not a PPO one")
-        cfg = config_from_dict(meta["config"])
-        cfg = dataclasses.replace(cfg, init_from=None, kl_teacher=0.0, device=str(device), **overrides)
-        tensors = load_weights(path / MODEL_FILE)
-        self = cls.__new__(cls)
-        self.config = cfg
-        self.device = pick_device(cfg.device)
-        self.env = None
-        self.observation_space = space_from_json(meta["observation_space"])
-        self.action_space = space_from_json(meta["action_space"])
-        self._build(self.observation_space, self.action_space)
-        try:
-            self.policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
-            self.reward_norm.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("reward_norm.")})
-        except RuntimeError as e:
-            raise RecurlError(f"corrupt or mismatched model file in {path}: {e}") from None
-        return self
-
-    @classmethod
-    def resume(cls, run_dir: str | Path, progress: bool = True) -> RecurrentPPO:
-        """Continue a killed run from its last checkpoint up to its configured ``total_steps``.
-
-        Envs restart fresh episodes (env state is not saved); weights, optimizer, normalisers, counters
-        and RNG continue where the checkpoint left them.
-        """
-        run_dir = Path(run_dir)
-        self = cls.load(run_dir, device=read_json(run_dir / CONFIG_FILE)["config"].get("device", "auto"))
-        state = load_trainer_state(run_dir / TRAINER_FILE)
+    def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
-        torch.set_rng_state(state["torch_rng"])
-        return self.learn(run_dir=run_dir, progress=progress, resume_state=state)
-
+        self._episode_history = state["episodes"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -620,8 +514,3 @@ class EpisodeStats:
         self.returns, self.lengths = list(d["returns"]), list(d["lengths"])
         self.successes, self.episodes = list(d["successes"]), int(d["episodes"])
 
-
-def _version() -> str:
-    from recurl import __version__
-
-    return __version__
