@@ -42,7 +42,7 @@ def agent_config(agent: str, task: str, steps_scale: float) -> R2D2Config:
     """The preset of ``agent`` on ``task``: the article agents keep their settings on every task (whole
     episodes: ``seq_len`` = the task's time limit; epsilon 0.2 on open_field, as in the article)."""
     if agent == "r2d2":
-        _, overrides = preset(task)
+        _, overrides = preset(f"r2d2-{task}")
     else:
         _, overrides = preset(agent)
         overrides.update(env=f"recurl/SwampTour-{task}-v0", seq_len=make_config(task).max_time)
@@ -118,7 +118,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with open(out / "results.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in open(out / "results.jsonl")]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     md = table(rows)
     print(md)
     if a.table:

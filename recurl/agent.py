@@ -47,9 +47,9 @@ class Agent:
         self._env_action = model._env_action  # numpy conversion (+ clipping to Box bounds)
         set_threads(getattr(model.config, "threads", 0))  # one torch thread unless configured: fastest here
         self._obs_conv = ObsConverter(self.observation_space)
-        core = self.policy.actor.core
-        self._state_shape = (core.num_layers, core.hidden_size)
-        self._n_state = core.n_state
+        shapes = [tuple(s.shape) for s in self.policy.initial_act_state(1, "cpu")]
+        self._state_shape = (shapes[0][0], shapes[0][2]) if shapes else (0, 0)
+        self._n_state = len(shapes)
         self._state: State | None = None  # None until reset()
         self._n_envs = 0
         self._pending_first: torch.Tensor | None = None  # [n_envs] bool episode starts for the next step
@@ -69,7 +69,7 @@ class Agent:
 
     def initial_state(self, n: int = 1) -> State:
         """Zero state for ``n`` envs: ``n_state`` float32 tensors ``[layers, n, hidden_size]``."""
-        return self.policy.actor.core.initial_state(n, self.device)
+        return self.policy.initial_act_state(n, self.device)
 
     def reset(self, n_envs: int = 1) -> None:
         """Start ``n_envs`` envs afresh: zero state, and the next :meth:`act` is an episode start."""

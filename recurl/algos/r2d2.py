@@ -326,6 +326,8 @@ class QNetwork(nn.Module):
         """Zero state for ``batch`` envs: tensors ``[layers, batch, H]``."""
         return self.core.initial_state(batch, device if device is not None else self.advantage.weight.device)
 
+    initial_act_state = initial_state  # acting and learning use the same state
+
     def unroll(self, obs: Obs, state: State, is_first: torch.Tensor, bptt: int = 0) -> tuple[torch.Tensor, State]:
         """``obs[T, B, ...]``, ``is_first[T, B]`` -> ``(q[T, B, A], state after the last step)``.
 

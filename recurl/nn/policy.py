@@ -115,6 +115,11 @@ class RecurrentPolicy(nn.Module):
         state = self.actor.core.initial_state(batch, device)
         return state + (self.critic.core.initial_state(batch, device) if self.critic else ())
 
+    def initial_act_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        """Zero state for acting only (:meth:`act`): the actor core's tensors, each ``[L, B, H]``."""
+        device = device if device is not None else self.v.weight.device
+        return self.actor.core.initial_state(batch, device)
+
     # -- observation normalisation ---------------------------------------------------------------------
     def normalize(self, obs: Obs) -> Obs:
         """Apply the running observation normalisers (identity where there are none)."""
