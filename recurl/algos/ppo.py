@@ -404,7 +404,8 @@ class RecurrentPPO(Algorithm):
         cfg = self.config
         total = total_steps if total_steps is not None else cfg.total_steps
         steps_per_update = cfg.n_steps * cfg.num_envs
-        n_iters = max(1, math.ceil((total - self.num_timesteps) / steps_per_update))
+        # Never more than total_steps, but at least one update when a budget below one rollout is left.
+        n_iters = (total - self.num_timesteps) // steps_per_update or int(self.num_timesteps < total)
         self.env = self._make_env(cfg.num_envs)
         self._obs, _ = self.env.reset(seed=cfg.seed + 7919 * self.n_updates)
         self._state = self.policy.initial_state(cfg.num_envs, self.device)
