@@ -44,10 +44,18 @@ class PolicyModel:
     action_space: gym.Space
 
     def _env_action(self, action: torch.Tensor) -> np.ndarray:
+        """Policy actions -> env actions: Box actions clipped to bounds, discrete ones shifted by ``start``."""
         a = action.cpu().numpy()
-        if isinstance(self.action_space, gym.spaces.Box):
-            a = np.clip(a, self.action_space.low, self.action_space.high)
+        space = self.action_space
+        if isinstance(space, gym.spaces.Box):
+            return np.clip(a, space.low, space.high)
+        if isinstance(space, gym.spaces.Discrete | gym.spaces.MultiDiscrete) and np.any(space.start):
+            return a + space.start
         return a
+
+    def _act(self, obs: Any, state: tuple, is_first: torch.Tensor) -> tuple[Any, tuple]:
+        """One acting step of the policy (a hook: R2D2 passes its exploration epsilon)."""
+        return self.policy.act(obs, state, is_first)
 
     # -- acting ------------------------------------------------------------------------------------------
     def predict(
@@ -81,7 +89,7 @@ class PolicyModel:
         else:
             is_first = torch.as_tensor(np.asarray(episode_start, bool).reshape(n), device=self.device)
         with torch.inference_mode():
-            dist, new_state = self.policy.act(obs, torch_state, is_first)
+            dist, new_state = self._act(obs, torch_state, is_first)
             action = dist.mode() if deterministic else dist.sample()
         a = self._env_action(action)
         return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)

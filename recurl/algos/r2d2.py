@@ -27,7 +27,6 @@ are presets (``article-lstm``, ``article-gru``; see docs/r2d2.md).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,29 +37,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from recurl.algos.base import Algorithm
 from recurl.algos.ppo import EpisodeStats
-from recurl.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    TRAINER_FILE,
-    load_trainer_state,
-    load_weights,
-    read_json,
-    save_trainer_state,
-    save_weights,
-    space_from_json,
-    space_to_json,
-    write_json,
-)
 from recurl.data.sequence_replay import SequenceBatch, SequenceReplay, SequenceWriter
-from recurl.envs import make_vec_env
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import Obs, ObsEncoder, mlp
 from recurl.nn.policy import ACTIVATIONS
 from recurl.nn.recurrent import CORE_KINDS, RecurrentCore, State
 from recurl.obs import ObsConverter
-from recurl.util import pick_device, set_seed, set_threads
 
 EXPLORATION = ("apex", "linear", "constant")
 
@@ -201,19 +186,6 @@ class R2D2Config:
             bad(f"exploration must be one of {', '.join(EXPLORATION)}, got {self.exploration!r}")
         if not (0 <= self.epsilon <= 1 and 0 <= self.epsilon_start <= 1 and 0 <= self.priority_eta <= 1):
             bad("epsilon, epsilon_start and priority_eta must be in [0, 1]")
-
-
-def config_from_dict(d: dict[str, Any]) -> R2D2Config:
-    """Rebuild an :class:`R2D2Config` from its JSON form (unknown keys are an error)."""
-    d = dict(d)
-    pol = dict(d.pop("policy", {}))
-    for k in ("encoder_hidden", "head_hidden"):
-        if k in pol:
-            pol[k] = tuple(pol[k])
-    try:
-        return R2D2Config(policy=QNetworkConfig(**pol), **d)
-    except TypeError as e:
-        raise RecurlError(f"config.json does not match this recurl version: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -412,7 +384,7 @@ def n_step_targets(rewards: torch.Tensor, terminated: torch.Tensor, valid: torch
 # ---------------------------------------------------------------------------------------------------
 # The algorithm
 # ---------------------------------------------------------------------------------------------------
-class R2D2:
+class R2D2(Algorithm):
     """Recurrent replay distributed DQN with the SB3-style API: ``learn``, ``predict``, ``save``, ``load``.
 
     Args:
@@ -420,31 +392,11 @@ class R2D2:
         config: an :class:`R2D2Config`; keyword ``overrides`` replace its fields.
     """
 
-    def __init__(self, env: str | None = None, config: R2D2Config | None = None, **overrides: Any) -> None:
-        cfg = config or R2D2Config()
-        if env is not None:
-            overrides["env"] = env
-        if "policy" in overrides and isinstance(overrides["policy"], dict):
-            overrides["policy"] = dataclasses.replace(cfg.policy, **overrides["policy"])
-        try:
-            self.config = dataclasses.replace(cfg, **overrides)
-        except TypeError as e:
-            raise RecurlError(f"unknown R2D2 option: {e}") from None
-        cfg = self.config
-        self.device = pick_device(cfg.device)
-        set_threads(cfg.threads)
-        set_seed(cfg.seed)
-        self.env: gym.vector.VectorEnv | None = None
-        probe = self._make_env(1)
-        self.observation_space = probe.single_observation_space
-        self.action_space = probe.single_action_space
-        probe.close()
-        self._build(self.observation_space, self.action_space)
+    algo = "r2d2"
+    config_class = R2D2Config
 
-    # -- construction ------------------------------------------------------------------------------------
-    def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
-        cfg = self.config
-        return make_vec_env(cfg.env, n, cfg.env_kwargs, cfg.prev_action_reward, render_mode)
+    def _loaded(self) -> None:
+        self.env = None
 
     def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
         if not isinstance(action_space, gym.spaces.Discrete):
@@ -456,9 +408,6 @@ class R2D2:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
         self.num_timesteps = 0
         self.n_updates = 0
-
-    def _env_action(self, action: torch.Tensor) -> np.ndarray:
-        return action.cpu().numpy() + int(self.action_space.start)
 
     # -- exploration -------------------------------------------------------------------------------------
     def epsilons(self) -> torch.Tensor:
@@ -535,8 +484,8 @@ class R2D2:
         return logs
 
     # -- the training loop ---------------------------------------------------------------------------------
-    def learn(self, total_steps: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
-              resume_state: dict[str, Any] | None = None) -> R2D2:
+    def learn(self, total_steps: int | None = None, run_dir: str | Path | None = None,
+              progress: bool = True) -> R2D2:
         """Train for ``total_steps`` env steps (default: the config's), logging into ``run_dir``.
 
         The replay lives only inside this call: a resumed run refills it (``learning_starts`` steps).
@@ -553,9 +502,9 @@ class R2D2:
         state = self.policy.initial_state(N, self.device)
         is_first = torch.ones(N, dtype=torch.bool)
         valid = np.ones(N, bool)  # false on NEXT_STEP autoreset steps
-        stats = EpisodeStats(N)
-        if resume_state is not None:
-            stats.load(resume_state["episodes"])
+        stats = self._stats = EpisodeStats(N)
+        if getattr(self, "_episode_history", None):  # resumed: keep the recent-episode window
+            stats.load(self._episode_history)
         logger = RunLogger(run_dir, total, progress)
         logger.start(self.num_timesteps)
         log_every = max(N, total // 200)
@@ -584,7 +533,7 @@ class R2D2:
                         for _ in range(cfg.gradient_steps):
                             train_logs = self._update(replay)
                             if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
-                                self.checkpoint(run_dir, stats)
+                                self.checkpoint(run_dir)
                 else:
                     since_train = 0
                 if self.num_timesteps >= next_log or self.num_timesteps >= total:
@@ -600,106 +549,29 @@ class R2D2:
             env.close()
             self.env = None
         if run_dir is not None:
-            self.checkpoint(run_dir, stats)
+            self.checkpoint(run_dir)
         return self
 
     # -- acting ------------------------------------------------------------------------------------------
-    def predict(
-        self,
-        observation: Any,
-        state: tuple[np.ndarray, ...] | None = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """Greedy (or, with ``deterministic=False``, epsilon-greedy with the config's ``epsilon``) actions for
-        one observation or a batch ``[N, ...]``, threading the state (SB3's signature, as in RecurrentPPO)."""
-        obs, n, batched = self.obs_conv.from_user(observation, self.device)
-        if state is None:
-            torch_state = self.policy.initial_state(n, self.device)
-        else:
-            torch_state = tuple(torch.as_tensor(np.asarray(s), dtype=torch.float32, device=self.device)
-                                for s in state)
-        if episode_start is None:
-            is_first = torch.full((n,), state is None, dtype=torch.bool, device=self.device)
-        else:
-            is_first = torch.as_tensor(np.asarray(episode_start, bool).reshape(n), device=self.device)
-        with torch.inference_mode():
-            dist, new_state = self.policy.act(obs, torch_state, is_first, self.config.epsilon)
-            action = dist.mode() if deterministic else dist.sample()
-        a = self._env_action(action)
-        return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
+    def _act(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[EpsilonGreedy, State]:
+        # predict(deterministic=False) explores with the config's epsilon; True takes argmax Q
+        return self.policy.act(obs, state, is_first, self.config.epsilon)
 
     # -- persistence -------------------------------------------------------------------------------------
-    def _config_json(self) -> dict[str, Any]:
-        from recurl import __version__
-
-        return {
-            "algo": "r2d2",
-            "config": dataclasses.asdict(self.config),
-            "observation_space": space_to_json(self.observation_space),
-            "action_space": space_to_json(self.action_space),
-            "state_shapes": [list(s.shape) for s in self.policy.initial_state(1, "cpu")],
-            "versions": {"recurl": __version__, "torch": torch.__version__, "gymnasium": gym.__version__},
-        }
-
-    def save(self, path: str | Path) -> None:
-        """Write ``model.safetensors`` (the online Q-network) and ``config.json`` into the directory ``path``."""
-        path = Path(path)
-        save_weights(path / MODEL_FILE, {f"policy.{k}": v for k, v in self.policy.state_dict().items()})
-        write_json(path / CONFIG_FILE, self._config_json())
-
-    def checkpoint(self, run_dir: str | Path, stats: EpisodeStats) -> None:
-        """Save the model plus what resuming needs (target network, optimizer, RNG, counters)."""
-        run_dir = Path(run_dir)
-        self.save(run_dir)
-        save_trainer_state(run_dir / TRAINER_FILE, {
-            "optimizer": self.optimizer.state_dict(),
-            "target": self.target.state_dict(),
-            "num_timesteps": self.num_timesteps,
-            "n_updates": self.n_updates,
-            "torch_rng": torch.get_rng_state(),
-            "episodes": stats.state(),
-        })
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto", **overrides: Any) -> R2D2:
-        """Load a saved model directory (safetensors + JSON; no code from the files is executed)."""
-        path = Path(path)
-        meta = read_json(path / CONFIG_FILE)
-        if meta.get("algo") != "r2d2":
-            raise RecurlError(f"{path} holds a {meta.get('algo')!r} model, not an R2D2 one")
-        cfg = dataclasses.replace(config_from_dict(meta["config"]), device=str(device), **overrides)
-        tensors = load_weights(path / MODEL_FILE)
-        self = cls.__new__(cls)
-        self.config = cfg
-        self.device = pick_device(cfg.device)
-        set_threads(cfg.threads)
-        self.env = None
-        self.observation_space = space_from_json(meta["observation_space"])
-        self.action_space = space_from_json(meta["action_space"])
-        self._build(self.observation_space, self.action_space)
-        try:
-            self.policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
-        except RuntimeError as e:
-            raise RecurlError(f"corrupt or mismatched model file in {path}: {e}") from None
+    def _load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super()._load_tensors(tensors)
         self.target.load_state_dict(self.policy.state_dict())
-        return self
 
-    @classmethod
-    def resume(cls, run_dir: str | Path, progress: bool = True) -> R2D2:
-        """Continue a killed run from its last checkpoint up to its configured ``total_steps``.
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "target": self.target.state_dict(),
+                "num_timesteps": self.num_timesteps, "n_updates": self.n_updates, "episodes": self._stats.state()}
 
-        Weights, target network, optimizer, counters and RNG continue; envs restart fresh episodes and
-        the replay is refilled before updates resume.
-        """
-        run_dir = Path(run_dir)
-        self = cls.load(run_dir, device=read_json(run_dir / CONFIG_FILE)["config"].get("device", "auto"))
-        state = load_trainer_state(run_dir / TRAINER_FILE)
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Weights, target network, optimizer, counters continue; the replay is refilled before updates."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.target.load_state_dict(state["target"])
         self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
-        torch.set_rng_state(state["torch_rng"])
-        return self.learn(run_dir=run_dir, progress=progress, resume_state=state)
+        self._episode_history = state["episodes"]
 
 
 def _slice(obs: Obs, start: int, stop: int | None) -> Obs:
