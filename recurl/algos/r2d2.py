@@ -30,7 +30,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -43,8 +43,8 @@ from recurl.data.sequence_replay import SequenceBatch, SequenceReplay, SequenceW
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import Obs, ObsEncoder, mlp
-from recurl.nn.policy import ACTIVATIONS
-from recurl.nn.recurrent import CORE_KINDS, RecurrentCore, State
+from recurl.nn.policy import ACTIVATIONS, NetworkConfig
+from recurl.nn.recurrent import RecurrentCore, State
 from recurl.obs import ObsConverter
 
 EXPLORATION = ("apex", "linear", "constant")
@@ -54,36 +54,19 @@ EXPLORATION = ("apex", "linear", "constant")
 # Config
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class QNetworkConfig:
+class QNetworkConfig(NetworkConfig):
     """Network shape: encoder MLP -> recurrent core -> MLP -> (dueling) Q head."""
 
-    core: str = "lstm"
-    """Memory core: lstm, gru, rnn (tanh) or none (memoryless baseline, same interface)."""
-    hidden_size: int = 64
-    """Units per recurrent layer."""
-    num_layers: int = 1
-    """Stacked recurrent layers."""
-    forget_bias: float = 1.0
-    """Initial LSTM forget-gate bias."""
-    encoder_hidden: tuple[int, ...] = (64,)
-    """MLP sizes between the observation encoding and the core."""
-    head_hidden: tuple[int, ...] = ()
-    """MLP sizes between the core and the Q head."""
-    activation: str = "relu"
+    activation: Literal["tanh", "relu", "elu"] = "relu"
     """Activation of the MLPs: tanh, relu or elu."""
     dueling: bool = True
     """Dueling head: Q = V + A - mean(A) (Wang et al. 2016)."""
     hard_sigmoid: bool = False
     """The article's Keras-2.2 cells: LSTM/GRU (reset_after=False) with hard-sigmoid gates. Slow path: a
     Python loop over time steps; use it to reproduce the article, not for speed. Needs core lstm or gru."""
-    embed_dim: int = 16
-    """Embedding width per Discrete/MultiDiscrete observation component."""
 
     def __post_init__(self) -> None:
-        if self.core not in CORE_KINDS:
-            raise RecurlError(f"unknown core {self.core!r}: choose one of {', '.join(CORE_KINDS)}")
-        if self.activation not in ACTIVATIONS:
-            raise RecurlError(f"unknown activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        super().__post_init__()
         if self.hard_sigmoid and (self.core not in ("lstm", "gru") or self.num_layers != 1):
             raise RecurlError("hard_sigmoid cells exist for a single lstm or gru layer only")
 

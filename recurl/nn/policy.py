@@ -22,8 +22,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "el
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
-    """Network shape of a recurrent actor-critic."""
+class NetworkConfig:
+    """Encoder -> recurrent core -> MLP: the shape every recurl network shares."""
 
     core: Literal["lstm", "gru", "rnn", "none"] = "lstm"
     """Memory core: lstm, gru, rnn (tanh) or none (memoryless baseline, same interface)."""
@@ -36,15 +36,9 @@ class PolicyConfig:
     encoder_hidden: tuple[int, ...] = (64,)
     """MLP sizes between the observation encoding and the core (empty: feed the encoding directly)."""
     head_hidden: tuple[int, ...] = ()
-    """MLP sizes between the core and the action/value heads (SB3's net_arch after the LSTM)."""
+    """MLP sizes between the core and the heads (SB3's net_arch after the LSTM)."""
     activation: Literal["tanh", "relu", "elu"] = "tanh"
     """Activation of the MLPs: tanh, relu or elu."""
-    shared_core: bool = False
-    """One core for actor and critic (true) or a separate critic core (false, SB3's enable_critic_lstm)."""
-    normalize_obs: bool = True
-    """Running mean/std normalisation of float Box observations (statistics saved with the model)."""
-    ortho_init: bool = True
-    """Orthogonal init of linear layers (gain sqrt(2) hidden, 0.01 policy head, 1 value head)."""
     embed_dim: int = 16
     """Embedding width per Discrete/MultiDiscrete observation component."""
 
@@ -53,6 +47,18 @@ class PolicyConfig:
             raise RecurlError(f"unknown core {self.core!r}: choose one of {', '.join(CORE_KINDS)}")
         if self.activation not in ACTIVATIONS:
             raise RecurlError(f"unknown activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+
+
+@dataclass(frozen=True)
+class PolicyConfig(NetworkConfig):
+    """Network shape of a recurrent actor-critic."""
+
+    shared_core: bool = False
+    """One core for actor and critic (true) or a separate critic core (false, SB3's enable_critic_lstm)."""
+    normalize_obs: bool = True
+    """Running mean/std normalisation of float Box observations (statistics saved with the model)."""
+    ortho_init: bool = True
+    """Orthogonal init of linear layers (gain sqrt(2) hidden, 0.01 policy head, 1 value head)."""
 
 
 class _Tower(nn.Module):
