@@ -16,10 +16,12 @@ side is measured. Speed is never asserted in tests: this command is where it is 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,17 @@ def recurl_time_to_solve(preset_name: str, seed: int, eval_every: int) -> dict[s
 
 
 # -- sb3-contrib -------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _sb3_threads() -> Iterator[None]:
+    """sb3-contrib runs with torch's default thread count (one per core), as its users run it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _sb3_model(seed: int) -> Any:
     from sb3_contrib import RecurrentPPO as SB3RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
@@ -110,6 +123,7 @@ def _sb3_evaluate(model: Any, seed: int, n: int = 20) -> float:
     return float(returns.mean())
 
 
+@_sb3_threads()
 def sb3_throughput(steps: int, seed: int = 0) -> float:
     model = _sb3_model(seed)
     model.learn(256)
@@ -118,6 +132,7 @@ def sb3_throughput(steps: int, seed: int = 0) -> float:
     return steps / (time.perf_counter() - t0)
 
 
+@_sb3_threads()
 def sb3_time_to_solve(seed: int, max_steps: int, eval_every_steps: int = 2048) -> dict[str, Any]:
     """Train until the first policy scoring >= 475 (zoo settings), evaluation time excluded."""
     from stable_baselines3.common.callbacks import BaseCallback
@@ -146,6 +161,7 @@ def sb3_time_to_solve(seed: int, max_steps: int, eval_every_steps: int = 2048) -
             "train_s": clock["train"]}
 
 
+@_sb3_threads()
 def sb3_predict_rate(n: int) -> float:
     model = _sb3_model(0)
     obs = np.zeros((1, 2), np.float32)
@@ -250,7 +266,6 @@ def _agent_rate(n: int) -> float:
 
 
 def _machine() -> dict[str, Any]:
-    import os
     import platform
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,

@@ -85,7 +85,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "r2d2-Tmaze_both": _swamp("Tmaze_both", 20, 50_000),
     "r2d2-Tmaze_either": _swamp("Tmaze_either", 5, 30_000),
     "r2d2-ruin_1swamp": _swamp("ruin_1swamp", 10, 150_000),
-    "r2d2-ruin_2swamp": _swamp("ruin_2swamp", 20, 300_000),
+    "r2d2-ruin_2swamp": _swamp("ruin_2swamp", 20, 450_000),
 }
 
 
