@@ -79,13 +79,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     }),
     "article-lstm": ("r2d2", {**_ARTICLE, "policy": {**_ARTICLE["policy"], "core": "lstm"}}),
     "article-gru": ("r2d2", {**_ARTICLE, "policy": {**_ARTICLE["policy"], "core": "gru"}}),
-    "r2d2-silent_ruin": _swamp("silent_ruin", 25, 50_000),
+    "r2d2-silent_ruin": _swamp("silent_ruin", 25, 200_000),
     "r2d2-open_field": _swamp("open_field", 15, 50_000),
     "r2d2-many_swamp": _swamp("many_swamp", 30, 200_000),
-    "r2d2-Tmaze_both": _swamp("Tmaze_both", 20, 50_000),
-    "r2d2-Tmaze_either": _swamp("Tmaze_either", 5, 30_000),
+    "r2d2-Tmaze_both": _swamp("Tmaze_both", 20, 200_000),
+    "r2d2-Tmaze_either": _swamp("Tmaze_either", 5, 100_000),
     "r2d2-ruin_1swamp": _swamp("ruin_1swamp", 10, 150_000),
-    "r2d2-ruin_2swamp": _swamp("ruin_2swamp", 20, 450_000),
+    "r2d2-ruin_2swamp": _swamp("ruin_2swamp", 20, 800_000, eval_episodes=1000),
 }
 
 
