@@ -38,7 +38,9 @@ class Agent:
             It is a plain attribute: change it between calls if needed.
     """
 
-    def __init__(self, model: Any, deterministic: bool = True) -> None:
+    def __init__(self, model: Any, deterministic: bool = True, backend: str = "torch") -> None:
+        if backend not in ("torch", "onnx"):
+            raise RecurlError(f"unknown backend {backend!r}: choose torch or onnx")
         self.policy = model.policy
         self.device: torch.device = model.device
         self.observation_space = model.observation_space
@@ -47,7 +49,14 @@ class Agent:
         self._env_action = model._env_action  # numpy conversion (+ clipping to Box bounds)
         set_threads(getattr(model.config, "threads", 0))  # one torch thread unless configured: fastest here
         self._obs_conv = ObsConverter(self.observation_space)
-        shapes = [tuple(s.shape) for s in self.policy.initial_act_state(1, "cpu")]
+        # backend "onnx": the acting step runs as `recurl export`'s graph under ONNX Runtime (several times
+        # faster per call at batch 1 than eager PyTorch); its state is the graph's, critic core included.
+        self._onnx = _OnnxStep(model) if backend == "onnx" else None
+        if self._onnx is not None and not deterministic:
+            raise RecurlError("backend onnx acts deterministically (the graph outputs the mode); use backend torch "
+                              "to sample actions")
+        shapes = self._onnx.state_shapes if self._onnx else [tuple(s.shape) for s in
+                                                              self.policy.initial_act_state(1, "cpu")]
         self._state_shape = (shapes[0][0], shapes[0][2]) if shapes else (0, 0)
         self._n_state = len(shapes)
         self._state: State | None = None  # None until reset()
@@ -55,11 +64,13 @@ class Agent:
         self._pending_first: torch.Tensor | None = None  # [n_envs] bool episode starts for the next step
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "cpu", deterministic: bool = True) -> Agent:
-        """Load the policy of a run directory written by any recurl algorithm."""
+    def load(cls, run_dir: str | Path, device: str = "cpu", deterministic: bool = True,
+             backend: str = "torch") -> Agent:
+        """Load the policy of a run directory written by any recurl algorithm (``backend="onnx"``: PPO and BC
+        policies, run by ONNX Runtime)."""
         from recurl.runs import load_model
 
-        return cls(load_model(run_dir, device=device), deterministic=deterministic)
+        return cls(load_model(run_dir, device=device), deterministic=deterministic, backend=backend)
 
     # -- state --------------------------------------------------------------------------------------------
     @property
@@ -69,6 +80,8 @@ class Agent:
 
     def initial_state(self, n: int = 1) -> State:
         """Zero state for ``n`` envs: ``n_state`` float32 tensors ``[layers, n, hidden_size]``."""
+        if self._onnx is not None:
+            return tuple(np.zeros((layers, n, hidden), np.float32) for layers, _, hidden in self._onnx.state_shapes)
         return self.policy.initial_act_state(n, self.device)
 
     def reset(self, n_envs: int = 1) -> None:
@@ -114,6 +127,9 @@ class Agent:
     def _step(self, x: Any, state: State, is_first: torch.Tensor | None) -> tuple[np.ndarray, State]:
         """Actor-only step: ``x`` obs ``[N, ...]``, ``state`` ``[layers, N, H]``, ``is_first[N]`` bool
         (``None``: no episode starts, the common case, which skips the reset arithmetic)."""
+        if self._onnx is not None:
+            action, new_state = self._onnx(x, state, is_first)
+            return self._env_action(action), new_state
         pol = self.policy
         dist, new_state = pol.act(x, state, is_first)
         action = dist.mode() if self.deterministic else dist.sample()
@@ -133,9 +149,46 @@ class Agent:
             raise RecurlError(f"state must be a tuple of {self._n_state} tensor(s) from agent.initial_state(n) "
                               f"or a previous act call, got {type(state).__name__}")
         want = (self._state_shape[0], n, self._state_shape[1])
-        out = tuple(torch.as_tensor(s, dtype=torch.float32, device=self.device) for s in state)
+        if self._onnx is not None:
+            out = tuple(np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s, np.float32) for s in state)
+        else:
+            out = tuple(torch.as_tensor(s, dtype=torch.float32, device=self.device) for s in state)
         for s in out:
             if tuple(s.shape) != want:
                 raise RecurlError(f"state tensor has shape {tuple(s.shape)} but {n} observation(s) need "
                                   f"[layers, N, hidden] = {want}")
         return out
+
+
+class _OnnxStep:
+    """The exported acting graph under ONNX Runtime, one thread: ``(obs, state, is_first) -> (action, state)``."""
+
+    def __init__(self, model: Any) -> None:
+        import tempfile
+
+        import onnxruntime as ort
+
+        from recurl.export import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = export_onnx(model, Path(tmp) / "agent.onnx")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(Path(tmp) / "agent.onnx"), opts,
+                                                providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.obs_names = [d["name"] for d in meta["inputs"] if d["name"].startswith("obs")]
+        self.state_in, self.state_out = meta["state_inputs"], meta["state_outputs"]
+        self.state_shapes = [tuple(meta["state_shape"])] * len(self.state_in)
+        self.outputs = ["action", *self.state_out]
+
+    def __call__(self, x: Any, state: tuple, is_first: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
+        leaves = [x[k[4:]] for k in self.obs_names] if isinstance(x, dict) else [x]
+        feed = {name: leaf.cpu().numpy() for name, leaf in zip(self.obs_names, leaves)}
+        feed.update(zip(self.state_in, state))
+        if "is_first" in self.inputs:
+            n = next(iter(feed.values())).shape[0]
+            feed["is_first"] = (np.zeros(n, np.float32) if is_first is None
+                                else is_first.cpu().numpy().astype(np.float32))
+        action, *new_state = self.session.run(self.outputs, feed)
+        return torch.from_numpy(action), tuple(new_state)

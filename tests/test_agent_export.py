@@ -233,3 +233,22 @@ def test_onnx_dict_of_discrete_obs_and_multidiscrete_actions(tmp_path: Path) -> 
     np.testing.assert_array_equal(got[0], dist.mode().numpy())
     for a, b in zip(got[1:], [torch.cat(dist.logits_list, -1), value, *new_state]):
         assert _max_err(a, b) < TOL
+
+
+@pytest.mark.parametrize("env_id,policy", [("recurl/TMaze-v0", {"core": "lstm"}),
+                                           ("recurl/TMaze-v0", {"core": "gru", "shared_core": True}),
+                                           ("Pendulum-v1", {"core": "rnn"}),
+                                           ("recurl/TMaze-v0", {"core": "none"})])
+def test_onnx_backend_agent_acts_like_the_torch_agent(env_id: str, policy: dict) -> None:
+    model = RecurrentPPO(env_id, policy=policy, device="cpu")
+    torch_agent, onnx_agent = Agent(model), Agent(model, backend="onnx")
+    torch_agent.reset(3)
+    onnx_agent.reset(3)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        obs = rng.random((3, *model.observation_space.shape)).astype(np.float32)
+        first = rng.random(3) < 0.2
+        np.testing.assert_allclose(torch_agent.act(obs, is_first=first), onnx_agent.act(obs, is_first=first),
+                                   atol=1e-5)
+    with pytest.raises(RecurlError, match="deterministically"):
+        Agent(model, deterministic=False, backend="onnx")
