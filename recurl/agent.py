@@ -49,8 +49,8 @@ class Agent:
         self._env_action = model._env_action  # numpy conversion (+ clipping to Box bounds)
         set_threads(getattr(model.config, "threads", 0))  # one torch thread unless configured: fastest here
         self._obs_conv = ObsConverter(self.observation_space)
-        # backend "onnx": the acting step runs as `recurl export`'s graph under ONNX Runtime (several times
-        # faster per call at batch 1 than eager PyTorch); its state is the graph's, critic core included.
+        # backend "onnx": the acting step runs as `recurl export`'s graph of the actor under ONNX Runtime
+        # (several times faster per call at batch 1 than eager PyTorch); same state as the torch backend.
         self._onnx = _OnnxStep(model) if backend == "onnx" else None
         if self._onnx is not None and not deterministic:
             raise RecurlError("backend onnx acts deterministically (the graph outputs the mode); use backend torch "
@@ -164,14 +164,22 @@ class _OnnxStep:
     """The exported acting graph under ONNX Runtime, one thread: ``(obs, state, is_first) -> (action, state)``."""
 
     def __init__(self, model: Any) -> None:
+        import copy
         import tempfile
+        from types import SimpleNamespace
 
         import onnxruntime as ort
 
         from recurl.export import export_onnx
 
+        # Acting needs no critic: export the actor alone (its value output is a throwaway head), which
+        # halves the graph and makes the state the actor core's, as with the torch backend.
+        actor = copy.deepcopy(model.policy).cpu()
+        if actor.critic is not None:
+            actor.critic = None
+            actor.v = torch.nn.Linear(actor.actor.out_dim, 1)
         with tempfile.TemporaryDirectory() as tmp:
-            meta = export_onnx(model, Path(tmp) / "agent.onnx")
+            meta = export_onnx(SimpleNamespace(policy=actor), Path(tmp) / "agent.onnx")
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = opts.inter_op_num_threads = 1
             self.session = ort.InferenceSession(str(Path(tmp) / "agent.onnx"), opts,

@@ -237,6 +237,7 @@ def run_bench(out: str | Path = "docs", quick: bool = False, seeds: int = 5, sb3
         from recurl.agent import Agent  # noqa: F401
 
         res["recurl_agent_act_per_s"] = _spread([_agent_rate(n) for _ in range(repeats)])
+        res["recurl_agent_onnx_per_s"] = _spread([_agent_rate(n, "onnx") for _ in range(repeats)])
     except ImportError:
         pass
     if sb3:
@@ -252,14 +253,14 @@ def run_bench(out: str | Path = "docs", quick: bool = False, seeds: int = 5, sb3
     return res
 
 
-def _agent_rate(n: int) -> float:
+def _agent_rate(n: int, backend: str = "torch") -> float:
     import tempfile
 
     from recurl.agent import Agent
 
     with tempfile.TemporaryDirectory() as d:
         _recurl("cartpole-novel-zoo", 0).save(d)
-        agent = Agent.load(d)
+        agent = Agent.load(d, backend=backend)
     agent.reset(1)
     obs = np.zeros((1, 2), np.float32)
     return _rate(lambda _: agent.act(obs), n)
@@ -298,6 +299,8 @@ def _report(res: dict[str, Any], out: Path) -> None:
     row("predict calls/s (one obs + state)", res["recurl_predict_per_s"], res.get("sb3_predict_per_s"), ".0f")
     if "recurl_agent_act_per_s" in res:
         row("Agent.act calls/s", res["recurl_agent_act_per_s"], res.get("sb3_predict_per_s"), ".0f")
+    if "recurl_agent_onnx_per_s" in res:
+        row("Agent.act calls/s, backend onnx", res["recurl_agent_onnx_per_s"], res.get("sb3_predict_per_s"), ".0f")
     if "recurl_solve" in res:
         row("median wall time to >= 475 (s)", _median_solve(res["recurl_solve"]),
             _median_solve(res.get("sb3_solve", [])) if "sb3_solve" in res else None, ".1f", lower_better=True)
