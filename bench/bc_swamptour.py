@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ppo-task", default="ruin_2swamp")
     p.add_argument("--ppo-steps", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bc-seeds", type=int, default=1, help="BC seeds per core (the expert and data stay fixed)")
+    p.add_argument("--bc-preset", default="bc-small", help="recurl preset for the BC runs ('' for the defaults)")
     p.add_argument("--expert", choices=["planner", "ppo"], default="planner",
                    help="planner: full-map BFS; ppo: a recurrent PPO agent trained with the task's preset")
     a = p.parse_args(argv)
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     if out.exists():
         shutil.rmtree(out)
     results: dict[str, Any] = {}
-    common = ["--eval-episodes", str(a.eval_episodes), "--seed", str(a.seed), *POLICY_FLAGS]
+    common = ["--eval-episodes", str(a.eval_episodes), *POLICY_FLAGS]
     for task in a.tasks:
         env_id = f"recurl/SwampTour-{task}-v0"
         expert, success = make_expert(a.expert, task, out, a.seed, a.eval_episodes)
@@ -151,12 +153,16 @@ def main(argv: list[str] | None = None) -> None:
             "dataset_steps": int(sum(len(ep) for ep in episodes)),
             "expert_success": success,
         }
+        preset = ["--preset", a.bc_preset] if a.bc_preset else []
         for core in ("lstm", "none"):
-            s = train(["--algo", "bc", "--dataset", str(data), "--core", core,
-                       "--run-dir", str(out / f"{task}-bc-{core}"), *common])
-            r[f"bc_{core}"] = {k: s[k] for k in ("success_rate", "mean_return", "wall_s")}
-        r["ratio_lstm"] = r["bc_lstm"]["success_rate"] / r["expert_success"]
-        r["ratio_none"] = r["bc_none"]["success_rate"] / r["expert_success"]
+            runs = [train(["--algo", "bc", *preset, "--dataset", str(data), "--core", core,
+                           "--run-dir", str(out / f"{task}-bc-{core}-s{seed}"), *common, "--seed", str(seed)])
+                    for seed in range(a.seed, a.seed + a.bc_seeds)]
+            rates = [s["success_rate"] for s in runs]
+            r[f"bc_{core}"] = {"success_rate": float(np.median(rates)), "per_seed": rates,
+                               "mean_return": float(np.median([s["mean_return"] for s in runs])),
+                               "wall_s": float(np.median([s["wall_s"] for s in runs]))}
+            r[f"ratio_{core}"] = [x / r["expert_success"] for x in rates]
         results[task] = r
         print(task, json.dumps(r), flush=True)
     if a.few:
@@ -167,9 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         env.close()
         data = write_dataset(out / f"{task}-few-v0", few, env_id, algorithm_name="BFS planner")
         bc_dir = out / f"{task}-bc-few"
-        r = {"bc": train(["--algo", "bc", "--dataset", str(data), "--run-dir", str(bc_dir), *common])}
+        seed = ["--seed", str(a.seed)]
+        r = {"bc": train(["--algo", "bc", "--dataset", str(data), "--run-dir", str(bc_dir), *common, *seed])}
         ppo = ["--algo", "ppo", "--env", env_id, "--total-steps", str(a.ppo_steps), "--num-envs", "16",
-               "--n-steps", "64", "--batch-size", "512", "--n-epochs", "4", "--ent-coef", "0.01", *common]
+               "--n-steps", "64", "--batch-size", "512", "--n-epochs", "4", "--ent-coef", "0.01",
+               *common, *seed]
         r["bc_ppo"] = train([*ppo, "--init-from", str(bc_dir), "--kl-teacher", "0.05",
                              "--run-dir", str(out / f"{task}-bc-ppo")])
         r["ppo_scratch"] = train([*ppo, "--run-dir", str(out / f"{task}-ppo-scratch")])

@@ -107,7 +107,8 @@ class Agent:
         Raises :class:`RecurlError` for an observation of the wrong shape, dtype or range, NaN, a batch
         that does not match the state, or a stateful call before :meth:`reset`.
         """
-        x, n, batched = self._obs_conv.from_user(obs, self.device)
+        # The onnx backend stays in numpy from the user's array to the action: no torch call per step.
+        x, n, batched = self._obs_conv.check(obs) if self._onnx else self._obs_conv.from_user(obs, self.device)
         if state is None:
             if self._state is None:
                 raise RecurlError("call agent.reset(n_envs) before agent.act(obs), or pass a state")
@@ -123,16 +124,16 @@ class Agent:
         action, new_state = self._step(x, self._check_state(state, n), self._is_first(is_first, n))
         return (action if batched else action[0]), new_state
 
-    @torch.inference_mode()
     def _step(self, x: Any, state: State, is_first: torch.Tensor | None) -> tuple[np.ndarray, State]:
-        """Actor-only step: ``x`` obs ``[N, ...]``, ``state`` ``[layers, N, H]``, ``is_first[N]`` bool
-        (``None``: no episode starts, the common case, which skips the reset arithmetic)."""
+        """Actor-only step: ``x`` obs ``[N, ...]`` (numpy for onnx, torch otherwise), ``state``
+        ``[layers, N, H]``, ``is_first[N]`` bool (``None``: no episode starts, the common case, which skips
+        the reset arithmetic)."""
         if self._onnx is not None:
             action, new_state = self._onnx(x, state, is_first)
             return self._env_action(action), new_state
-        pol = self.policy
-        dist, new_state = pol.act(x, state, is_first)
-        action = dist.mode() if self.deterministic else dist.sample()
+        with torch.inference_mode():
+            dist, new_state = self.policy.act(x, state, is_first)
+            action = dist.mode() if self.deterministic else dist.sample()
         return self._env_action(action), new_state
 
     def _is_first(self, is_first: Any, n: int) -> torch.Tensor | None:
@@ -160,6 +161,9 @@ class Agent:
         return out
 
 
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
+
+
 class _OnnxStep:
     """The exported acting graph under ONNX Runtime, one thread: ``(obs, state, is_first) -> (action, state)``."""
 
@@ -185,18 +189,20 @@ class _OnnxStep:
             self.session = ort.InferenceSession(str(Path(tmp) / "agent.onnx"), opts,
                                                 providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
+        self.dtypes = {i.name: _ORT_DTYPES[i.type] for i in self.session.get_inputs() if i.type in _ORT_DTYPES}
         self.obs_names = [d["name"] for d in meta["inputs"] if d["name"].startswith("obs")]
         self.state_in, self.state_out = meta["state_inputs"], meta["state_outputs"]
         self.state_shapes = [tuple(meta["state_shape"])] * len(self.state_in)
         self.outputs = ["action", *self.state_out]
 
-    def __call__(self, x: Any, state: tuple, is_first: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
+    def __call__(self, x: Any, state: tuple, is_first: torch.Tensor | None) -> tuple[np.ndarray, tuple]:
+        """``x``: validated numpy obs ``[N, ...]`` (or a dict of them); ``state``: ``[layers, N, H]`` arrays."""
         leaves = [x[k[4:]] for k in self.obs_names] if isinstance(x, dict) else [x]
-        feed = {name: leaf.cpu().numpy() for name, leaf in zip(self.obs_names, leaves)}
+        feed = {name: leaf.astype(self.dtypes[name], copy=False) for name, leaf in zip(self.obs_names, leaves)}
         feed.update(zip(self.state_in, state))
         if "is_first" in self.inputs:
-            n = next(iter(feed.values())).shape[0]
+            n = leaves[0].shape[0]
             feed["is_first"] = (np.zeros(n, np.float32) if is_first is None
                                 else is_first.cpu().numpy().astype(np.float32))
         action, *new_state = self.session.run(self.outputs, feed)
-        return torch.from_numpy(action), tuple(new_state)
+        return action, tuple(new_state)

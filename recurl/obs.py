@@ -5,6 +5,7 @@ Also the single place where user-supplied observations are validated (shape, dty
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -60,8 +61,8 @@ class ObsConverter:
         else:
             buf[t] = obs
 
-    def from_user(self, obs: Any, device: torch.device) -> tuple[Obs, int, bool]:
-        """Validate a user's observation (one, or a batch ``[N, ...]``) and convert it.
+    def check(self, obs: Any) -> tuple[np.ndarray | dict[str, np.ndarray], int, bool]:
+        """Validate a user's observation (one, or a batch ``[N, ...]``), staying in numpy.
 
         Returns ``(obs with a batch axis, N, whether the input was batched)``. Raises
         :class:`RecurlError` naming the problem for a wrong shape, dtype, NaN or out-of-range value.
@@ -74,12 +75,13 @@ class ObsConverter:
             ns = {n for _, n, _ in parts.values()}
             if len(ns) != 1:
                 raise RecurlError(f"observation dict entries have different batch sizes: {sorted(ns)}")
-            n = ns.pop()
-            batched = next(iter(parts.values()))[2]
-            return ({k: torch.as_tensor(a, dtype=_torch_dtype(self.leaves[k]), device=device)
-                     for k, (a, _, _) in parts.items()}, n, batched)
-        a, n, batched = _check_leaf(np.asarray(obs), self.space, "observation")
-        return torch.as_tensor(a, dtype=_torch_dtype(self.space), device=device), n, batched
+            return {k: a for k, (a, _, _) in parts.items()}, ns.pop(), next(iter(parts.values()))[2]
+        return _check_leaf(np.asarray(obs), self.space, "observation")
+
+    def from_user(self, obs: Any, device: torch.device) -> tuple[Obs, int, bool]:
+        """:meth:`check`, then convert to torch on ``device``."""
+        a, n, batched = self.check(obs)
+        return self.to_torch(a, device), n, batched
 
 
 def _check_leaf(a: np.ndarray, space: gym.Space, name: str) -> tuple[np.ndarray, int, bool]:
@@ -90,9 +92,11 @@ def _check_leaf(a: np.ndarray, space: gym.Space, name: str) -> tuple[np.ndarray,
         batched = True
     else:
         raise RecurlError(f"{name} has shape {a.shape}, expected {shape} or a batch [N, *{shape}] for {space}")
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+    if a.dtype.kind not in "biufc":  # bool, (unsigned) int, float, complex
         raise RecurlError(f"{name} has dtype {a.dtype}, expected numbers for {space}")
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+    # A finite sum proves every entry finite (one cheap reduction per call); otherwise check each entry,
+    # since a sum of large finite values can overflow.
+    if a.dtype.kind == "f" and not math.isfinite(a.sum()) and not np.isfinite(a).all():
         raise RecurlError(f"{name} contains NaN or infinity: check the env or the preprocessing that made it")
     if isinstance(space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
         lo = space.start

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from recurl.algos import algo_classes, build_config
 from recurl.cli import main
+from recurl.presets import PRESETS, preset
 
 TINY = ["--env", "recurl/TMaze-v0", "--env-kwargs", "length", "3", "--num-envs", "2", "--n-steps", "8",
         "--batch-size", "16", "--n-epochs", "1", "--eval-episodes", "4", "--quiet"]
@@ -88,3 +90,14 @@ def test_diagnose_compares_memory_and_memoryless(tmp_path: Path) -> None:
     assert (out / "memory.png").is_file()
     rows = json.loads((out / "results.json").read_text())
     assert {r["core"] for r in rows} == {"lstm", "none"} and all(r["env_steps"] == 1024 for r in rows)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_its_config(name: str) -> None:
+    """A preset naming a field its algorithm lacks (or a bad value) would only fail when a user runs it."""
+    algo, overrides = preset(name)
+    cfg_cls, _ = algo_classes(algo)
+    cfg = build_config(cfg_cls, overrides)
+    for key, value in overrides.items():
+        if key != "policy":
+            assert getattr(cfg, key) == value, key

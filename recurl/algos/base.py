@@ -43,13 +43,15 @@ class PolicyModel:
     obs_conv: ObsConverter
     action_space: gym.Space
 
-    def _env_action(self, action: torch.Tensor) -> np.ndarray:
+    def _env_action(self, action: torch.Tensor | np.ndarray) -> np.ndarray:
         """Policy actions -> env actions: Box actions clipped to bounds, discrete ones shifted by ``start``."""
-        a = action.cpu().numpy()
+        a = action.cpu().numpy() if isinstance(action, torch.Tensor) else action
         space = self.action_space
         if isinstance(space, gym.spaces.Box):
             return np.clip(a, space.low, space.high)
-        if isinstance(space, gym.spaces.Discrete | gym.spaces.MultiDiscrete) and np.any(space.start):
+        if isinstance(space, gym.spaces.Discrete):
+            return a + space.start if space.start else a
+        if isinstance(space, gym.spaces.MultiDiscrete) and space.start.any():
             return a + space.start
         return a
 

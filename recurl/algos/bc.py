@@ -76,6 +76,8 @@ class BCConfig:
     """Stop when the held-out loss has not improved for this many epochs; the best weights are kept."""
     learning_rate: float = 1e-3
     """Adam step size."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW): a regulariser for small datasets, where the clone overfits."""
     max_grad_norm: float = 1.0
     """Gradient norm clip."""
     seed: int = 0
@@ -293,7 +295,8 @@ class BehaviourCloning(Algorithm):
     def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
         self.policy = RecurrentPolicy(obs_space, action_space, self.config.policy).to(self.device)
         self.obs_conv = ObsConverter(obs_space)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.learning_rate)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.config.learning_rate,
+                                           weight_decay=self.config.weight_decay)
         self.num_timesteps = 0  # behaviour cloning takes no env steps
         self.epoch = 0
         self.n_updates = 0
