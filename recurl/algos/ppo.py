@@ -431,9 +431,9 @@ class RecurrentPPO(Algorithm):
                 t1 = time.perf_counter()
                 train_logs = self._update(buf, min(1.0, (self.num_timesteps - steps_per_update) / total))
                 t2 = time.perf_counter()
-                logs = {**stats.summary(), **train_logs,
-                        "time/fps": steps_per_update / (t2 - t0),
-                        "time/collect_s": t1 - t0, "time/update_s": t2 - t1}
+                self.timing = {"collect_s": t1 - t0, "update_s": t2 - t1}  # the last iteration's phases
+                logs = {**stats.summary(), **train_logs, "time/fps": steps_per_update / (t2 - t0),
+                        **{f"time/{k}": v for k, v in self.timing.items()}}
                 logger.log(self.num_timesteps, logs)
                 if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
                     self.checkpoint(run_dir)
