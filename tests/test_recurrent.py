@@ -15,22 +15,24 @@ def _random_resets(T: int, B: int, p: float, gen: torch.Generator) -> torch.Tens
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("p_reset", [0.0, 0.15, 0.6])
-def test_step_loop_equals_unroll(kind: str, layers: int, p_reset: float) -> None:
+@pytest.mark.parametrize("return_state", [True, False])  # False: the training-only path (LSTM separators)
+def test_step_loop_equals_unroll(kind: str, layers: int, p_reset: float, return_state: bool) -> None:
     gen = torch.Generator().manual_seed(hash((kind, layers, p_reset)) % 2**31)
     T, B, F, H = 23, 7, 5, 6
     core = RecurrentCore(kind, F, H, layers).double()
     x = torch.randn(T, B, F, generator=gen, dtype=torch.double)
     is_first = _random_resets(T, B, p_reset, gen)
     state0 = tuple(torch.randn(s.shape, generator=gen, dtype=torch.double) for s in core.initial_state(B))
-    y, state_T = core.unroll(x, state0, is_first)
+    y, state_T = core.unroll(x, state0, is_first, return_state)
     state, ys = state0, []
     for t in range(T):
         out, state = core.step(x[t], state, is_first[t])
         ys.append(out)
     torch.testing.assert_close(torch.stack(ys), y, atol=1e-10, rtol=0)
-    assert len(state) == len(state_T) == core.n_state
-    for a, b in zip(state, state_T):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    if return_state:
+        assert len(state) == len(state_T) == core.n_state
+        for a, b in zip(state, state_T):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -50,8 +52,9 @@ def test_unroll_split_into_chunks_equals_whole(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_no_gradient_crosses_a_reset(kind: str) -> None:
-    """d(any output at or after a reset) / d(any input or state before it) is exactly zero."""
+@pytest.mark.parametrize("return_state", [True, False])
+def test_no_gradient_crosses_a_reset(kind: str, return_state: bool) -> None:
+    """d(any output at or after a reset) / d(any input, state or earlier step) is exactly zero."""
     gen = torch.Generator().manual_seed(5)
     T, B = 16, 4
     core = RecurrentCore(kind, 3, 5, 2)
@@ -62,7 +65,7 @@ def test_no_gradient_crosses_a_reset(kind: str) -> None:
     for b, t in resets.items():
         is_first[t, b] = True
     is_first[9, 0] = True  # a second reset in column 0
-    y, _ = core.unroll(x, state0, is_first)
+    y, _ = core.unroll(x, state0, is_first, return_state)
     for b, t in resets.items():
         g_x, *g_s = torch.autograd.grad(y[t:, b].sum(), [x, *state0], retain_graph=True)
         assert torch.count_nonzero(g_x[:t, b]) == 0, f"gradient leaked across the reset at t={t}, b={b}"
@@ -86,16 +89,17 @@ def test_reset_at_t0_ignores_incoming_state(kind: str) -> None:
     torch.testing.assert_close(y_junk, y_zero, atol=0, rtol=0)
 
 
-def test_state_leak_across_episodes_is_impossible() -> None:
-    """Episode 2's outputs do not depend on what episode 1 saw."""
+@pytest.mark.parametrize("return_state", [True, False])
+def test_state_leak_across_episodes_is_impossible(return_state: bool) -> None:
+    """Episode 2's outputs do not depend on what episode 1 saw, however large its inputs."""
     core = RecurrentCore("lstm", 2, 8)
     ep2 = torch.randn(6, 1, 2)
     is_first = torch.zeros(10, 1, dtype=torch.bool)
     is_first[0] = is_first[4] = True
     outs = []
     for _ in range(2):
-        x = torch.cat([torch.randn(4, 1, 2) * 10, ep2])  # different first episodes
-        y, _ = core.unroll(x, core.initial_state(1), is_first)
+        x = torch.cat([torch.randn(4, 1, 2) * 1000, ep2])  # different first episodes, saturated gates
+        y, _ = core.unroll(x, core.initial_state(1), is_first, return_state)
         outs.append(y[4:])
     torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
 
