@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from recurl.algos import build_config
 from recurl.algos.ppo import PPOConfig, RecurrentPPO
@@ -209,8 +210,20 @@ def roofline(n_reps: int = 200) -> dict[str, float]:
     model.learn(256 * 11, progress=False, callback=lambda m: update_s.append(m.timing["update_s"]))
     per_update = statistics.median(update_s)
     achieved = flops_per_minibatch * 20 / per_update / 1e9  # 20 epochs x 1 minibatch per update
+    # The library's fused LSTM kernel alone (actor's and critic's, forward + backward, no resets): the
+    # floor of a minibatch whatever the code around it does.
+    cores, x = [nn.LSTM(F, H) for _ in range(2)], torch.randn(T, B, F)
+    blocks = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        for _ in range(50):
+            sum(core(x)[0].sum() for core in cores).backward()
+        blocks.append((time.perf_counter() - t0) / 50)
+    lstm_s = statistics.median(blocks[1:])
     return {"matmul_gflops_at_step_shape": mm_gflops, "matmul_gflops_512": peak,
-            "train_step_gflops": achieved, "fraction_of_step_shape_roofline": achieved / mm_gflops}
+            "train_step_gflops": achieved, "fraction_of_step_shape_roofline": achieved / mm_gflops,
+            "minibatch_ms": per_update / 20 * 1e3, "lstm_kernel_ms": lstm_s * 1e3,
+            "lstm_kernel_fraction_of_step_shape_roofline": 3 * 2 * lstm / lstm_s / 1e9 / mm_gflops}
 
 
 # -- the report ---------------------------------------------------------------------------------------------
@@ -315,7 +328,12 @@ def _report(res: dict[str, Any], out: Path) -> None:
         "",
         f"Roofline: matmul at the LSTM step's shape [8, 66] x [66, 256]: {rf['matmul_gflops_at_step_shape']:.1f} "
         f"GFLOP/s (512^3: {rf['matmul_gflops_512']:.1f}); the training step reaches {rf['train_step_gflops']:.1f} "
-        f"GFLOP/s, {rf['fraction_of_step_shape_roofline']:.0%} of the step-shape rate.",
+        f"GFLOP/s, {rf['fraction_of_step_shape_roofline']:.0%} of the step-shape rate "
+        f"({rf['minibatch_ms']:.1f} ms per minibatch). The fused LSTM kernels alone (actor and critic, "
+        f"forward + backward, no resets) take {rf['lstm_kernel_ms']:.1f} ms, "
+        f"{rf['lstm_kernel_fraction_of_step_shape_roofline']:.0%} of the step-shape rate.",
+        "",
+        "What these numbers mean, and what was tried: [performance.md](performance.md).",
     ]
     if "recurl_solve" in res:
         lines += ["", "Time to solve, per seed (training seconds, env steps; recurl's final score):", ""]
