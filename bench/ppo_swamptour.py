@@ -27,7 +27,7 @@ def run(task: str, core: str, episodes: int, seed: int) -> dict:
     cfg = build_config(PPOConfig, preset(f"ppo-{task}")[1])
     cfg = dataclasses.replace(cfg, seed=seed, policy=dataclasses.replace(cfg.policy, core=core))
     t0 = time.perf_counter()
-    model = RecurrentPPO(config=cfg).learn(progress=False)
+    model = RecurrentPPO(config=cfg).learn(progress_bar=False)
     wall = time.perf_counter() - t0
     env = make_vec_env(cfg.env, 16, {**cfg.env_kwargs, "compute_optimal": True})
     r = evaluate_policy(model, env, n_episodes=episodes, seed=100_000)

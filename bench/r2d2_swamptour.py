@@ -68,7 +68,7 @@ def run(agent: str, task: str, episodes: int, steps_scale: float, out: Path) -> 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     model = R2D2(config=cfg)
-    model.learn(run_dir=out / f"{task}__{agent}", progress=False)
+    model.learn(run_dir=out / f"{task}__{agent}", progress_bar=False)
     wall = time.perf_counter() - t0
     env = make_vec_env(cfg.env, EVAL_ENVS, {**cfg.env_kwargs, "compute_optimal": False}, cfg.prev_action_reward)
     model.policy.eval()

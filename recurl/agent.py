@@ -9,22 +9,29 @@ Two ways to act:
   callers that store it themselves, e.g. one state per player in a game server); ``agent.initial_state(n)``
   makes a zero state.
 
-Acting runs the actor only (observation normaliser, encoder, core, action head); the critic, which
-acting never needs, is skipped. The state is therefore the actor core's: ``(h, c)`` for LSTM, ``(h,)``
-for GRU/RNN, ``()`` for ``none``, each ``[layers, N, hidden_size]`` float32.
+Acting runs ``policy.act``: for PPO and BC the actor only (observation normaliser, encoder, core, action
+head; the critic is skipped), for R2D2 the greedy Q-network. The state is the acting core's: ``(h, c)``
+for LSTM, ``(h,)`` for GRU/RNN, ``()`` for ``none``, each ``[layers, N, hidden_size]`` float32: the
+same state ``predict`` returns and the ONNX graph takes. A behaviour-cloned model with an action delay
+``D`` has its actions executed ``D`` steps after they were chosen: the agent keeps that queue per env
+(stateful acting only; the pure form returns the chosen action).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from recurl.collector import ActionQueue, env_action
 from recurl.errors import RecurlError
+from recurl.export import export_onnx
 from recurl.nn.recurrent import State
-from recurl.obs import ObsConverter
+from recurl.obs import ObsConverter, check_is_first, check_state
+from recurl.runs import load_model
 from recurl.util import set_threads
 
 
@@ -32,8 +39,7 @@ class Agent:
     """Acts with a trained policy, keeping the recurrent state per env.
 
     Args:
-        model: a loaded or freshly trained recurl model (anything with ``policy``, ``device``,
-            ``observation_space``, ``action_space`` and ``_env_action``, e.g. a :class:`RecurrentPPO`).
+        model: a loaded or freshly trained recurl model of any algorithm (e.g. a :class:`RecurrentPPO`).
         deterministic: take the most likely action (argmax / Gaussian mean) instead of sampling.
             It is a plain attribute: change it between calls if needed.
     """
@@ -46,7 +52,7 @@ class Agent:
         self.observation_space = model.observation_space
         self.action_space = model.action_space
         self.deterministic = deterministic
-        self._env_action = model._env_action  # numpy conversion (+ clipping to Box bounds)
+        self.action_delay = int(getattr(model, "action_delay", 0))
         set_threads(getattr(model.config, "threads", 0))  # one torch thread unless configured: fastest here
         self._obs_conv = ObsConverter(self.observation_space)
         # backend "onnx": the acting step runs as `recurl export`'s graph of the actor under ONNX Runtime
@@ -57,8 +63,8 @@ class Agent:
                               "to sample actions")
         shapes = self._onnx.state_shapes if self._onnx else [tuple(s.shape) for s in
                                                               self.policy.initial_act_state(1, "cpu")]
-        self._state_shape = (shapes[0][0], shapes[0][2]) if shapes else (0, 0)
-        self._n_state = len(shapes)
+        self._shapes = [(layers, hidden) for layers, _, hidden in shapes]
+        self._queue: ActionQueue | None = None
         self._state: State | None = None  # None until reset()
         self._n_envs = 0
         self._pending_first: torch.Tensor | None = None  # [n_envs] bool episode starts for the next step
@@ -68,8 +74,6 @@ class Agent:
              backend: str = "torch") -> Agent:
         """Load the policy of a run directory written by any recurl algorithm (``backend="onnx"``: PPO and BC
         policies, run by ONNX Runtime)."""
-        from recurl.runs import load_model
-
         return cls(load_model(run_dir, device=device), deterministic=deterministic, backend=backend)
 
     # -- state --------------------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ class Agent:
     def initial_state(self, n: int = 1) -> State:
         """Zero state for ``n`` envs: ``n_state`` float32 tensors ``[layers, n, hidden_size]``."""
         if self._onnx is not None:
-            return tuple(np.zeros((layers, n, hidden), np.float32) for layers, _, hidden in self._onnx.state_shapes)
+            return tuple(np.zeros((layers, n, hidden), np.float32) for layers, hidden in self._shapes)
         return self.policy.initial_act_state(n, self.device)
 
     def reset(self, n_envs: int = 1) -> None:
@@ -90,6 +94,7 @@ class Agent:
             raise RecurlError(f"n_envs must be >= 1, got {n_envs}")
         self._state = self.initial_state(n_envs)
         self._n_envs = n_envs
+        self._queue = ActionQueue(self.action_space, n_envs, self.action_delay)
         self._pending_first = torch.ones(n_envs, dtype=torch.bool, device=self.device)
 
     # -- acting -------------------------------------------------------------------------------------------
@@ -120,6 +125,7 @@ class Agent:
                 first = user_first if first is None else first | user_first
             action, self._state = self._step(x, self._state, first)
             self._pending_first = None
+            action = self._queue(action, np.zeros(n, bool) if first is None else first.cpu().numpy())
             return action if batched else action[0]
         action, new_state = self._step(x, self._check_state(state, n), self._is_first(is_first, n))
         return (action if batched else action[0]), new_state
@@ -130,35 +136,19 @@ class Agent:
         the reset arithmetic)."""
         if self._onnx is not None:
             action, new_state = self._onnx(x, state, is_first)
-            return self._env_action(action), new_state
+            return env_action(self.action_space, action), new_state
         with torch.inference_mode():
             dist, new_state = self.policy.act(x, state, is_first)
             action = dist.mode() if self.deterministic else dist.sample()
-        return self._env_action(action), new_state
+        return env_action(self.action_space, action), new_state
 
     def _is_first(self, is_first: Any, n: int) -> torch.Tensor | None:
-        if is_first is None:
-            return None
-        a = np.asarray(is_first.cpu() if isinstance(is_first, torch.Tensor) else is_first)
-        if a.size != n or (a.dtype != bool and not np.isin(a, (0, 1)).all()):
-            raise RecurlError(f"is_first must be {n} bool(s), one per observation, got shape {a.shape} "
-                              f"of {a.dtype}")
-        return torch.as_tensor(a.reshape(n).astype(bool), device=self.device)
+        return None if is_first is None else torch.as_tensor(check_is_first(is_first, n), device=self.device)
 
     def _check_state(self, state: Any, n: int) -> State:
-        if not isinstance(state, tuple | list) or len(state) != self._n_state:
-            raise RecurlError(f"state must be a tuple of {self._n_state} tensor(s) from agent.initial_state(n) "
-                              f"or a previous act call, got {type(state).__name__}")
-        want = (self._state_shape[0], n, self._state_shape[1])
-        if self._onnx is not None:
-            out = tuple(np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s, np.float32) for s in state)
-        else:
-            out = tuple(torch.as_tensor(s, dtype=torch.float32, device=self.device) for s in state)
-        for s in out:
-            if tuple(s.shape) != want:
-                raise RecurlError(f"state tensor has shape {tuple(s.shape)} but {n} observation(s) need "
-                                  f"[layers, N, hidden] = {want}")
-        return out
+        arrays = check_state(state, self._shapes, n)
+        return tuple(arrays) if self._onnx is not None else tuple(torch.as_tensor(a, device=self.device)
+                                                                 for a in arrays)
 
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
@@ -168,22 +158,10 @@ class _OnnxStep:
     """The exported acting graph under ONNX Runtime, one thread: ``(obs, state, is_first) -> (action, state)``."""
 
     def __init__(self, model: Any) -> None:
-        import copy
-        import tempfile
-        from types import SimpleNamespace
-
         import onnxruntime as ort
 
-        from recurl.export import export_onnx
-
-        # Acting needs no critic: export the actor alone (its value output is a throwaway head), which
-        # halves the graph and makes the state the actor core's, as with the torch backend.
-        actor = copy.deepcopy(model.policy).cpu()
-        if actor.critic is not None:
-            actor.critic = None
-            actor.v = torch.nn.Linear(actor.actor.out_dim, 1)
         with tempfile.TemporaryDirectory() as tmp:
-            meta = export_onnx(SimpleNamespace(policy=actor), Path(tmp) / "agent.onnx")
+            meta = export_onnx(model, Path(tmp) / "agent.onnx")
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = opts.inter_op_num_threads = 1
             self.session = ort.InferenceSession(str(Path(tmp) / "agent.onnx"), opts,

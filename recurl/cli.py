@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from recurl.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, OneOf, Range, check_value
 from recurl.errors import RecurlError
 
 USAGE = """usage: recurl COMMAND [options]
@@ -35,11 +38,13 @@ commands:
 def _train_parser() -> argparse.ArgumentParser:
     from recurl.algos import ALGOS
 
-    p = argparse.ArgumentParser(prog="recurl train", add_help=False)
+    # No abbreviations: a prefix of one of these would otherwise swallow a config flag.
+    p = argparse.ArgumentParser(prog="recurl train", add_help=False, allow_abbrev=False)
     p.add_argument("--algo", default=None, choices=sorted(ALGOS))
     p.add_argument("--preset", default=None)
     p.add_argument("--run-dir", default=None)
     p.add_argument("--resume", default=None, metavar="RUN_DIR")
+    p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -48,26 +53,29 @@ TRAIN_HELP = """Train an agent. recurl's own options:
   --algo NAME           algorithm: {algos} (default: the preset's, else ppo)
   --preset NAME         start from a named preset ({presets}); later flags override it
   --run-dir DIR         where to write the run (default runs/<env>__<algo>__<seed>__<time>)
-  --resume RUN_DIR      continue a killed run from its last checkpoint
+  --overwrite           replace the run already in --run-dir (its files are removed first)
+  --resume RUN_DIR      continue a killed run from its last checkpoint with its saved config; only
+                        --total-steps N (to extend the run) and --quiet may be given with it
   --quiet               no progress bar
+
 Config flags of the chosen algorithm follow."""
+
+RESUME_ALLOWED = "--total-steps N (to extend the run) and --quiet"
+#: a directory holding any of these holds a run; --overwrite removes these files (and only these)
+RUN_MARKERS = ("config.json", "progress.csv", "model.safetensors")
+RUN_FILES = (*RUN_MARKERS, "trainer.pt", "summary.json", "curve.png", "tb")
 
 
 def cmd_train(argv: list[str]) -> int:
     import tyro
 
     from recurl.algos import ALGOS, algo_classes, build_config
-    from recurl.checkpoint import CONFIG_FILE, read_json
     from recurl.presets import PRESETS, preset
     from recurl.runs import default_run_dir, finish_run
 
     known, rest = _train_parser().parse_known_args(argv)
     if known.resume:
-        _, algo_cls = algo_classes(read_json(Path(known.resume) / CONFIG_FILE).get("algo", "?"))
-        t0 = time.perf_counter()
-        model = algo_cls.resume(known.resume, progress=not known.quiet)
-        _print_summary(finish_run(model, known.resume, time.perf_counter() - t0, model.config.eval_episodes))
-        return 0
+        return _resume(known, rest)
     algo, overrides = preset(known.preset) if known.preset else ("ppo", {})
     algo = known.algo or algo
     cfg_cls, algo_cls = algo_classes(algo)
@@ -77,12 +85,70 @@ def cmd_train(argv: list[str]) -> int:
         config=(tyro.conf.OmitArgPrefixes,),
     )
     run_dir = Path(known.run_dir) if known.run_dir else default_run_dir(cfg.env, algo, cfg.seed)
+    _check_writable(run_dir, "--run-dir", want_dir=True)
+    held = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    if held and not known.overwrite:
+        raise RecurlError(f"--run-dir {run_dir} already holds a run ({', '.join(held)}): continue it with "
+                          f"--resume {run_dir}, replace it with --overwrite, or pick another --run-dir")
     print(f"training {algo} on {cfg.env} with core {cfg.policy.core} -> {run_dir}", file=sys.stderr)
     t0 = time.perf_counter()
     model = algo_cls(config=cfg)
-    model.learn(run_dir=run_dir, progress=not known.quiet)
+    if held:  # removed only now, once the config and the env have been built without error
+        for path in (run_dir / name for name in RUN_FILES):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    model.learn(run_dir=run_dir, progress_bar=not known.quiet)
     _print_summary(finish_run(model, run_dir, time.perf_counter() - t0, cfg.eval_episodes))
     return 0
+
+
+def _resume(known: argparse.Namespace, rest: list[str]) -> int:
+    """``recurl train --resume RUN_DIR``: the saved config, optionally with a larger ``--total-steps``."""
+    from recurl.algos import algo_classes
+    from recurl.runs import finish_run
+
+    p = argparse.ArgumentParser(prog="recurl train --resume", add_help=False, allow_abbrev=False)
+    p.add_argument("--total-steps", type=int, default=None)
+    extra, refused = p.parse_known_args(rest)
+    refused += [f"--{k.replace('_', '-')}" for k in ("algo", "preset", "run_dir", "overwrite") if getattr(known, k)]
+    if refused:
+        raise RecurlError(f"--resume continues {known.resume} with its saved config, so {' '.join(refused)} "
+                          f"would not apply: only {RESUME_ALLOWED} may be given with --resume")
+    check_value("total_steps", extra.total_steps, AT_LEAST_1)
+    _, algo_cls = algo_classes(_run_meta(known.resume)["algo"])
+    t0 = time.perf_counter()
+    model = algo_cls.resume(known.resume, progress=not known.quiet, total_steps=extra.total_steps)
+    _print_summary(finish_run(model, known.resume, time.perf_counter() - t0, model.config.eval_episodes))
+    return 0
+
+
+def _run_meta(run_dir: str) -> dict[str, Any]:
+    """``config.json`` of a run directory, refused unless it is a recurl run's: a JSON object naming a
+    registered algorithm."""
+    from recurl.algos import ALGOS
+    from recurl.checkpoint import CONFIG_FILE, read_json
+
+    meta = read_json(Path(run_dir) / CONFIG_FILE)
+    if not isinstance(meta, dict) or meta.get("algo") not in ALGOS:
+        raise RecurlError(f"{Path(run_dir) / CONFIG_FILE} is not a recurl run's config (a JSON object whose "
+                          f"algo is one of {', '.join(ALGOS)}): pass a run directory written by `recurl train`")
+    return meta
+
+
+def _check_writable(path: Path, flag: str, want_dir: bool = False) -> None:
+    """Refuse, before the work that would write it, an output path that cannot be written: a directory
+    where a file is wanted (or the reverse), a path under a regular file, or one without permission."""
+    kind = "directory" if want_dir else "file"
+    if path.exists() and path.is_dir() != want_dir:
+        raise RecurlError(f"{flag} {path} is {'a file' if want_dir else 'a directory'}: give a {kind} path")
+    full = path.absolute()
+    existing = next(p for p in (full, *full.parents) if p.exists())
+    if existing != full and not existing.is_dir():
+        raise RecurlError(f"{flag} {path} lies under {existing}, which is a file: give a {kind} path")
+    if not os.access(existing, os.W_OK):
+        raise RecurlError(f"{flag} {path}: no permission to write in {existing}")
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -101,8 +167,8 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
-    if a.episodes < 1:
-        raise RecurlError("--episodes must be >= 1")
+    check_value("episodes", a.episodes, AT_LEAST_1)
+    _run_meta(a.run_dir)
     model = load_model(a.run_dir)
     r = evaluate_policy(model, n_episodes=a.episodes, deterministic=not a.stochastic, seed=a.seed)
     out = {k: v for k, v in r.items() if not isinstance(v, list)}
@@ -114,6 +180,8 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_enjoy(argv: list[str]) -> int:
+    from gymnasium.error import DependencyNotInstalled
+
     from recurl.enjoy import enjoy
 
     p = argparse.ArgumentParser(prog="recurl enjoy", description="Play and render a trained agent's episodes.")
@@ -123,7 +191,15 @@ def cmd_enjoy(argv: list[str]) -> int:
     p.add_argument("--gif", default=None, help="write the episodes as a GIF (envs with rgb_array rendering)")
     p.add_argument("--fps", type=float, default=4.0)
     a = p.parse_args(argv)
-    enjoy(a.run_dir, a.episodes, a.seed, a.gif, a.fps)
+    check_value("episodes", a.episodes, AT_LEAST_1)
+    check_value("fps", a.fps, POSITIVE)
+    _run_meta(a.run_dir)
+    if a.gif:
+        _check_writable(Path(a.gif), "--gif")
+    try:
+        enjoy(a.run_dir, a.episodes, a.seed, a.gif, a.fps)
+    except DependencyNotInstalled as e:  # e.g. pygame, which classic-control envs need to draw frames
+        raise RecurlError(f"rendering this run's env needs an optional package: {e}") from None
     return 0
 
 
@@ -137,6 +213,9 @@ def cmd_demo(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=None, help="env steps per agent (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    check_value("length", a.length, AT_LEAST_1)
+    check_value("steps", a.steps, AT_LEAST_1)
+    check_value("seed", a.seed, AT_LEAST_0)
     diagnose(preset_name="tmaze", seeds=(a.seed,), steps=a.steps, out=a.out, env_kwargs={"length": a.length})
     return 0
 
@@ -155,10 +234,19 @@ def cmd_diagnose(argv: list[str]) -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     from recurl.envs import resolve_env_id
+    from recurl.nn.recurrent import CORE_KINDS
+    from recurl.presets import preset
 
     env = resolve_env_id(a.env)
+    cores = tuple(a.cores.split(","))
+    check_value("cores", cores, OneOf(CORE_KINDS))
+    check_value("seeds", a.seeds, AT_LEAST_1)
+    check_value("steps", a.steps, AT_LEAST_1)
+    check_value("episodes", a.episodes, AT_LEAST_1)
+    if a.preset:
+        preset(a.preset)  # an unknown name fails now, not after the first agent has trained
     out = a.out or f"runs/diagnose_{env.replace('/', '_')}"
-    diagnose(env, a.preset, tuple(a.cores.split(",")), tuple(range(a.seeds)), a.steps, out, a.episodes)
+    diagnose(env, a.preset, cores, tuple(range(a.seeds)), a.steps, out, a.episodes)
     return 0
 
 
@@ -166,6 +254,18 @@ def cmd_melee(argv: list[str]) -> int:
     from recurl.melee.cli import melee_main
 
     return melee_main(argv)
+
+
+def _opsets() -> Range:
+    """ONNX opsets ``recurl export`` accepts: 14 (recurl supports none older) up to the newest that both
+    torch's TorchScript exporter and the installed onnx package know (a higher one fails mid-export)."""
+    try:
+        import onnx
+    except ImportError:
+        raise RecurlError("ONNX export needs the onnx package: pip install 'recurl[export]'") from None
+    from torch.onnx._constants import ONNX_MAX_OPSET  # no public name for the exporter's limit
+
+    return Range(14, min(onnx.defs.onnx_opset_version(), ONNX_MAX_OPSET))
 
 
 def cmd_export(argv: list[str]) -> int:
@@ -177,7 +277,13 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX file")
     p.add_argument("--opset", type=int, default=OPSET)
     a = p.parse_args(argv)
-    meta = export_onnx(a.run_dir, a.onnx, opset=a.opset)
+    check_value("opset", a.opset, _opsets())
+    _run_meta(a.run_dir)
+    _check_writable(Path(a.onnx), "--onnx")
+    try:
+        meta = export_onnx(a.run_dir, a.onnx, opset=a.opset)
+    except OSError as e:  # what the checks above cannot foresee: a read-only filesystem, a full disk
+        raise RecurlError(f"cannot write --onnx {a.onnx}: {e.strerror or e}") from None
     print(f"wrote {a.onnx}\n  inputs:  " + ", ".join(d["name"] for d in meta["inputs"])
           + "\n  outputs: " + ", ".join(d["name"] for d in meta["outputs"]))
     return 0
@@ -195,6 +301,7 @@ def cmd_record(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
     a = p.parse_args(argv)
+    _run_meta(a.run_dir)
     path, stats = record_run(a.run_dir, a.out, a.episodes, a.env, not a.stochastic, a.seed)
     print(f"wrote {a.episodes} episodes to {path}: mean return {stats['mean_return']:.3f}, "
           f"success rate {stats['success_rate']:.3f}")
@@ -202,6 +309,7 @@ def cmd_record(argv: list[str]) -> int:
 
 
 def cmd_play(argv: list[str]) -> int:
+    from recurl.envs import resolve_env_id
     from recurl.envs.play import play
 
     p = argparse.ArgumentParser(prog="recurl play", description="Play an env by keyboard in the terminal.")
@@ -210,7 +318,8 @@ def cmd_play(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--record", default=None, metavar="PATH", help="save the finished episodes as a Minari dataset")
     a = p.parse_args(argv)
-    play(a.env_id, a.episodes, record=a.record, seed=a.seed)
+    check_value("episodes", a.episodes, AT_LEAST_1)
+    play(resolve_env_id(a.env_id), a.episodes, record=a.record, seed=a.seed)
     return 0
 
 
@@ -239,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[cmd](rest)
+    except SystemExit as e:  # argparse and tyro already printed usage and the error (or --help)
+        return int(e.code or 0)
     except RecurlError as e:
         print(f"recurl: error: {e}", file=sys.stderr)
         return 1

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recurl.collector import Collector
 from recurl.errors import RecurlError
-from recurl.obs import ObsConverter
 from recurl.runs import load_model
 
 
@@ -20,38 +20,36 @@ def _frame(env) -> object:
 
 @torch.inference_mode()
 def enjoy(run_dir: str | Path, episodes: int = 3, seed: int = 0, gif: str | None = None, fps: float = 4.0) -> None:
-    """Play ``episodes`` deterministic episodes; print ANSI frames, or write them to ``gif``."""
+    """Play ``episodes`` deterministic episodes through the collector; print ANSI frames, or write ``gif``."""
+    if episodes < 1:
+        raise RecurlError(f"--episodes must be >= 1, got {episodes}")
     model = load_model(run_dir)
     mode = "rgb_array" if gif else "ansi"
     try:
-        env = model._make_env(1, render_mode=mode)
+        env = model.make_env(1, render_mode=mode)
     except (TypeError, ValueError) as e:
         raise RecurlError(f"{model.config.env} cannot render in {mode} mode ({e})") from None
     modes = env.metadata.get("render_modes", [])
     if mode not in modes:
         env.close()
         raise RecurlError(f"{model.config.env} has no {mode} rendering (it offers {modes or 'none'})")
-    conv = ObsConverter(env.single_observation_space)
-    frames = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        state = model.policy.initial_state(1, model.device)
-        is_first = torch.ones(1, dtype=torch.bool, device=model.device)
-        total, done = 0.0, False
-        while not done:
+    col = Collector(env, model.device, action_delay=model.action_delay, env_id=model.config.env)
+    col.reset(seed, model.policy.initial_act_state(1, model.device))
+    frames, done = [], 0
+    while done < episodes:
+        if col.valid[0]:  # the autoreset step shows no new state: the episode already ended
             frame = _frame(env)
             if gif:
                 frames.append(np.asarray(frame))
             else:
-                sys.stdout.write(f"--- episode {ep + 1}\n{frame}")
-            dist, state = model.policy.act(conv.to_torch(obs, model.device), state, is_first)
-            obs, reward, term, trunc, info = env.step(model._env_action(dist.mode()))
-            is_first[:] = False
-            total += float(reward[0])
-            done = bool(term[0] or trunc[0])
-        success = info.get("success")
-        tail = f", success {bool(success[0])}" if success is not None else ""
-        print(f"episode {ep + 1}: return {total:.3f}{tail}")
+                sys.stdout.write(f"--- episode {done + 1}\n{frame}")
+        dist, state = model.policy.act(col.obs, col.state, col.is_first)
+        step = col.step(dist.mode(), state)
+        if step.finished.size:
+            done += 1
+            success = step.success(0)
+            tail = f", success {success}" if success is not None else ""
+            print(f"episode {done}: return {step.episode_returns[0]:.3f}{tail}")
     env.close()
     if gif:
         from PIL import Image

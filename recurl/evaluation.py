@@ -8,70 +8,75 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from recurl.nn.policy import RecurrentPolicy
-from recurl.obs import ObsConverter
+from recurl.collector import Collector
+from recurl.errors import RecurlError
 
 
-class HasPolicy(Protocol):
-    policy: RecurrentPolicy
+class ActingPolicy(Protocol):
+    """What evaluation needs of a policy: acting with the actor's state (every recurl policy has it)."""
+
+    def initial_act_state(self, batch: int, device: torch.device | str | None = None) -> tuple: ...
+
+    def act(self, obs: Any, state: tuple, is_first: torch.Tensor | None) -> tuple[Any, tuple]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+
+class ActingModel(Protocol):
+    """A trained model as :func:`evaluate_policy` sees it (:class:`~recurl.RecurrentPPO`, R2D2, BC)."""
+
+    policy: ActingPolicy
     device: torch.device
+    action_delay: int
 
-    def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv: ...
+    def make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv: ...
 
 
 @torch.inference_mode()
 def run_episodes(
-    policy: RecurrentPolicy,
+    policy: ActingPolicy,
     env: gym.vector.VectorEnv,
     n_episodes: int,
     seed: int = 0,
     deterministic: bool = True,
     device: torch.device | str = "cpu",
+    action_delay: int = 0,
 ) -> dict[str, Any]:
-    """Play exactly ``n_episodes`` (the first ones to finish are not favoured: each env plays a fixed quota).
+    """Play exactly ``n_episodes`` through the :class:`~recurl.collector.Collector` (the first ones to finish
+    are not favoured: each env plays a fixed quota).
 
     Returns ``mean_return``, ``std_return``, ``mean_length``, ``success_rate`` (``None`` when the env
     reports no ``info["success"]``), ``mean_optimal_steps`` and ``steps_over_optimal`` (mean over
     successful episodes of length minus the optimum, for envs that report ``info["optimal_steps"]`` at
     reset, like the swamp tour), and per-episode ``returns``, ``lengths``, ``successes``.
     """
+    if n_episodes < 1:
+        raise RecurlError(f"n_episodes must be >= 1, got {n_episodes}")
     n = env.num_envs
     quota = np.full(n, n_episodes // n) + (np.arange(n) < n_episodes % n)
-    conv = ObsConverter(env.single_observation_space)
-    obs, info = env.reset(seed=seed)
+    col = Collector(env, device, action_delay=action_delay)
     optimal = np.full(n, np.nan)  # per-env optimum of the current episode, when the env reports one
-    _note_optimal(optimal, info)
-    state = policy.initial_state(n, device)
-    is_first = torch.ones(n, dtype=torch.bool, device=device)
-    valid = np.ones(n, bool)
-    ret, length = np.zeros(n), np.zeros(n, np.int64)
+    _note_optimal(optimal, col.reset(seed, policy.initial_act_state(n, device)))
     returns: list[float] = []
     lengths: list[int] = []
     successes: list[bool] = []
     optima: list[float] = []
     done_count = np.zeros(n, np.int64)
-    box = isinstance(env.single_action_space, gym.spaces.Box)
     while (done_count < quota).any():
-        dist, state = policy.act(conv.to_torch(obs, device), state, is_first)
-        action = (dist.mode() if deterministic else dist.sample()).cpu().numpy()
-        if box:
-            action = np.clip(action, env.single_action_space.low, env.single_action_space.high)
-        obs, reward, term, trunc, info = env.step(action)
-        counting = valid & (done_count < quota)
-        ret += np.where(counting, reward, 0.0)
-        length += counting
-        done = np.logical_or(term, trunc)
-        for i in np.flatnonzero(done & counting):
-            returns.append(float(ret[i]))
-            lengths.append(int(length[i]))
-            if "success" in info and info.get("_success", np.ones(n, bool))[i]:
-                successes.append(bool(info["success"][i]))
+        dist, state = policy.act(col.obs, col.state, col.is_first)
+        step = col.step(dist.mode() if deterministic else dist.sample(), state)
+        for i, ret, length in zip(step.finished, step.episode_returns, step.episode_lengths):
+            if done_count[i] >= quota[i]:
+                continue
+            returns.append(float(ret))
+            lengths.append(int(length))
+            if (ok := step.success(int(i))) is not None:
+                successes.append(ok)
             optima.append(float(optimal[i]))
             done_count[i] += 1
-        _note_optimal(optimal, info)  # autoreset steps report the next episode's optimum
-        ret[done], length[done] = 0.0, 0
-        is_first = torch.as_tensor(~valid, device=device)
-        valid = ~done
+        _note_optimal(optimal, step.info)  # autoreset steps report the next episode's optimum
     over = [ln - o for ln, o, ok in zip(lengths, optima, successes or [True] * len(lengths)) if ok and o == o]
     return {
         "episodes": len(returns),
@@ -93,17 +98,20 @@ def _note_optimal(optimal: np.ndarray, info: dict[str, Any]) -> None:
         optimal[mask] = np.asarray(info["optimal_steps"])[mask]
 
 
-def evaluate_policy(model: HasPolicy, env: gym.vector.VectorEnv | None = None, n_episodes: int = 100,
+def evaluate_policy(model: ActingModel, env: gym.vector.VectorEnv | None = None, n_episodes: int = 100,
                     deterministic: bool = True, seed: int = 10_000, num_envs: int = 16) -> dict[str, Any]:
     """Evaluate a trained model (e.g. :class:`~recurl.RecurrentPPO`) on ``env`` or a fresh copy of its own.
 
-    The recurrent state is kept per env and reset at each episode's first observation.
+    The recurrent state is kept per env and reset at each episode's first observation; a behaviour-cloned
+    model's action delay is applied.
     """
+    if not isinstance(n_episodes, int) or n_episodes < 1:
+        raise RecurlError(f"n_episodes must be an integer >= 1, got {n_episodes!r}")
     own = env is None
-    env = env or model._make_env(min(num_envs, n_episodes))
+    env = env or model.make_env(min(num_envs, n_episodes))
     try:
         model.policy.eval()
-        return run_episodes(model.policy, env, n_episodes, seed, deterministic, model.device)
+        return run_episodes(model.policy, env, n_episodes, seed, deterministic, model.device, model.action_delay)
     finally:
         model.policy.train()
         if own:

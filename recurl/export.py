@@ -1,19 +1,22 @@
-"""ONNX export of a trained policy's acting step, with the recurrent state as explicit inputs and outputs.
+"""ONNX export of a trained model's acting step, with the recurrent state as explicit inputs and outputs.
 
-The graph is one step of :meth:`RecurrentPolicy.step` for a batch of ``B`` envs (``B`` is dynamic):
+The graph is one acting step (``policy.act``, the same step ``predict``, :class:`recurl.Agent` and
+evaluation run) for a batch of ``B`` envs (``B`` is dynamic), for every algorithm: PPO and BC export the
+actor (the critic is not needed to act), R2D2 its Q-network (greedy action):
 
 - inputs: the observation (``obs``, or ``obs.<key>`` per key of a Dict space, in sorted key order), the
-  state tensors ``[layers, B, H]`` (actor core ``h_in`` and, for LSTM, ``c_in``; a separate critic core
-  adds ``critic_h_in`` / ``critic_c_in``) and ``is_first`` float32 ``[B]`` (1.0 where the observation
-  starts an episode: the graph zeroes that env's incoming state, exactly like the PyTorch core; a
-  memoryless ``none`` core has neither state nor ``is_first``);
-- outputs: ``action`` (argmax, or the Gaussian mean clipped to the action bounds), ``logits`` (normalised
-  log-probabilities; Discrete ``[B, n]``, MultiDiscrete the components' concatenated ``[B, sum(nvec)]``)
-  or ``mean`` and ``log_std`` (Box, ``[B, d]``), ``value`` ``[B]`` and the new state (``h_out``, ...).
+  acting state's tensors ``[layers, B, H]`` (``h_in`` and, for LSTM, ``c_in``) and ``is_first`` float32
+  ``[B]`` (1.0 where the observation starts an episode: the graph zeroes that env's incoming state,
+  exactly like the PyTorch core; a memoryless ``none`` core has neither state nor ``is_first``);
+- outputs: ``action`` (argmax, or the Gaussian mean clipped to the action bounds), then ``logits``
+  (Discrete, MultiDiscrete), ``mean`` and ``log_std`` (Box) or ``q`` (R2D2), then the new state
+  (``h_out``, ``c_out``).
 
 The observation normaliser is inside the graph: feed raw observations. Everything a runtime needs to
-drive the graph (names, shapes, dtypes, spaces, core type) is stored as JSON under the ``recurl`` key
-of the model's ``metadata_props``.
+drive the graph (names, shapes, dtypes, spaces, core type, the action delay and its default action) is
+stored as JSON under the ``recurl`` key of the model's ``metadata_props``. A behaviour-cloned model with
+``action_delay = D`` outputs the action to *execute D steps later*; the runtime keeps the queue
+(:class:`recurl.collector.ActionQueue`, as :class:`recurl.Agent` does).
 
 The legacy TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``, works offline and
 exports ``nn.LSTM``/``nn.GRU``/``nn.RNN`` as the native ONNX recurrent ops. The dynamo exporter would
@@ -35,129 +38,101 @@ import torch
 from torch import nn
 
 from recurl.checkpoint import space_to_json
+from recurl.collector import default_action
 from recurl.errors import RecurlError
-from recurl.nn.policy import RecurrentPolicy, _leaves
-from recurl.nn.recurrent import RecurrentCore
 from recurl.obs import _torch_dtype
+from recurl.runs import load_model
+from recurl.version import __version__
 
 METADATA_KEY = "recurl"
 OPSET = 17
 
 
-def state_names(policy: RecurrentPolicy) -> list[str]:
-    """Base names of the policy's state tensors in state-tuple order: ``h``, ``c``, ``critic_h``, ...
-
-    Inputs append ``_in`` and outputs ``_out``.
-    """
-    towers = [("", policy.actor.core)] + ([("critic_", policy.critic.core)] if policy.critic else [])
-    return [prefix + name for prefix, core in towers for name in ("h", "c")[: core.n_state]]
-
-
 def obs_input_names(space: gym.Space) -> list[str]:
     """``["obs"]`` for a plain space; ``["obs.<key>", ...]`` in sorted key order for a Dict space."""
-    return [f"obs.{key}" if key is not None else "obs" for key, _ in _leaves(space)]
+    return [f"obs.{key}" if key is not None else "obs" for key in _leaf_keys(space)]
 
 
-def _core_step(core: RecurrentCore, x: torch.Tensor, state: tuple[torch.Tensor, ...],
-               keep: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """One core step on ``x[B, F]`` with the state already masked by ``keep[1, B, 1]``; ``y[B, H]``."""
-    if core.kind == "none":
-        return core.net(x), ()
-    h0 = tuple(s * keep for s in state)  # the reset, as a multiply the exporter keeps in the graph
-    y, hT = core.net(x.unsqueeze(0), h0 if core.kind == "lstm" else h0[0])  # length-1 sequence
-    return y.squeeze(0), (tuple(hT) if core.kind == "lstm" else (hT,))
+def _leaf_keys(space: gym.Space) -> list[str | None]:
+    return sorted(space.spaces) if isinstance(space, gym.spaces.Dict) else [None]
 
 
 class OnnxStep(nn.Module):
-    """Export-only module: one acting step with explicit state and ``is_first`` masking.
+    """Export-only module: one acting step of ``policy`` with explicit state and ``is_first`` masking.
 
     ``forward(*obs_leaves, *state, is_first)`` with obs leaves ``[B, ...]`` in :func:`obs_input_names`
-    order, state tensors ``[layers, B, H]`` in :func:`state_names` order and ``is_first`` float ``[B]``.
-    Returns ``(action, logits | (mean, log_std), value[B], *new_state)``.
+    order, state tensors ``[layers, B, H]`` in ``policy.act_state_names`` order and ``is_first`` float
+    ``[B]``. Returns ``(action, *dist.outputs(), *new_state)``.
     """
 
-    def __init__(self, policy: RecurrentPolicy) -> None:
+    def __init__(self, policy: nn.Module, observation_space: gym.Space, action_space: gym.Space) -> None:
         super().__init__()
         self.policy = policy
-        self.keys = [key for key, _ in _leaves(policy.obs_space)]
-        self.n_actor = policy.actor.core.n_state
-        self.n_state = len(state_names(policy))
-        space = policy.action_space
-        if policy.pi.kind == "gaussian":
-            low = torch.as_tensor(np.asarray(space.low, np.float32).reshape(-1))
-            high = torch.as_tensor(np.asarray(space.high, np.float32).reshape(-1))
-            self.register_buffer("low", low)
-            self.register_buffer("high", high)
+        self.keys = _leaf_keys(observation_space)
+        self.n_state = len(policy.act_state_names)
+        self.box = isinstance(action_space, gym.spaces.Box)
+        if self.box:
+            self.register_buffer("low", torch.as_tensor(np.asarray(action_space.low, np.float32).reshape(-1)))
+            self.register_buffer("high", torch.as_tensor(np.asarray(action_space.high, np.float32).reshape(-1)))
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n_obs = len(self.keys)
-        leaves, state, is_first = inputs[:n_obs], inputs[n_obs:-1], inputs[-1]
-        obs = leaves[0] if self.keys == [None] else dict(zip(self.keys, leaves))
-        pol = self.policy
-        obs = pol.normalize(obs)
-        keep = (1.0 - is_first).view(1, -1, 1)
-        h_pi, a_state = _core_step(pol.actor.core, pol.actor.encoder(obs), state[: self.n_actor], keep)
-        h_pi = pol.actor.mlp(h_pi)
-        c_state: tuple[torch.Tensor, ...] = ()
-        if pol.critic is None:
-            h_v = h_pi
-        else:
-            h_v, c_state = _core_step(pol.critic.core, pol.critic.encoder(obs), state[self.n_actor :], keep)
-            h_v = pol.critic.mlp(h_v)
-        value = pol.v(h_v).squeeze(-1)
-        params = pol.pi.linear(h_pi)
-        if pol.pi.kind == "gaussian":
-            action = torch.minimum(torch.maximum(params, self.low), self.high)
-            return (action, params, pol.pi.log_std.expand_as(params), value, *a_state, *c_state)
-        if pol.pi.kind == "categorical":
-            logits = torch.log_softmax(params, -1)
-            return (logits.argmax(-1), logits, value, *a_state, *c_state)
-        parts = [torch.log_softmax(p, -1) for p in params.split(pol.pi.splits, -1)]
-        action = torch.stack([p.argmax(-1) for p in parts], -1)
-        return (action, torch.cat(parts, -1), value, *a_state, *c_state)
+        dist, new_state = self.policy.act(*_split(self, list(inputs)))
+        action = dist.mode()
+        if self.box:
+            action = torch.minimum(torch.maximum(action, self.low), self.high)
+        return (action, *dist.outputs().values(), *new_state)
 
 
-def _onnx_dtype(space: gym.Space) -> str:
-    """The input's element type, the one recurl's policies take: ``float32``, ``uint8`` or ``int64``."""
-    return str(_torch_dtype(space)).removeprefix("torch.")
+def _example_inputs(policy: nn.Module, observation_space: gym.Space, batch: int,
+                    seed: int = 0) -> list[torch.Tensor]:
+    """Random valid inputs for a batch: observations from the space, random state, mixed ``is_first``."""
+    gen = torch.Generator().manual_seed(seed)
+    spaces = observation_space.spaces if isinstance(observation_space, gym.spaces.Dict) else {None: observation_space}
+    leaves = []
+    for key in _leaf_keys(observation_space):
+        space = copy.deepcopy(spaces[key])
+        space.seed(seed)
+        a = np.stack([space.sample() for _ in range(batch)])
+        if np.issubdtype(a.dtype, np.floating):  # unbounded Box samples can be huge: keep them moderate
+            a = np.clip(a, -5.0, 5.0)
+        leaves.append(torch.as_tensor(a, dtype=_torch_dtype(space)))
+    state = [torch.randn(s.shape, generator=gen) for s in policy.initial_act_state(batch, "cpu")]
+    is_first = [(torch.arange(batch) % 2).float()] if state else []
+    return [*leaves, *state, *is_first]
 
 
-def interface(policy: RecurrentPolicy) -> dict[str, Any]:
-    """The exported graph's interface as JSON (stored in ``metadata_props["recurl"]``).
+def _describe(name: str, t: torch.Tensor) -> dict[str, Any]:
+    return {"name": name, "shape": ["B", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
 
-    Shapes use ``"B"`` for the dynamic batch axis.
-    """
-    from recurl import __version__
 
-    cfg = policy.cfg
-    obs = [{"name": name, "shape": ["B", *space.shape], "dtype": _onnx_dtype(space)}
-           for name, (_, space) in zip(obs_input_names(policy.obs_space), _leaves(policy.obs_space))]
-    state_shape = [cfg.num_layers, "B", cfg.hidden_size]
-    names = state_names(policy)
-    act_space = policy.action_space
-    n_params = int(policy.pi.linear.out_features)
-    if policy.pi.kind == "gaussian":
-        heads = [{"name": "action", "shape": ["B", n_params], "dtype": "float32"},
-                 {"name": "mean", "shape": ["B", n_params], "dtype": "float32"},
-                 {"name": "log_std", "shape": ["B", n_params], "dtype": "float32"}]
-    else:
-        action_shape = ["B"] if policy.pi.kind == "categorical" else ["B", len(policy.pi.splits)]
-        heads = [{"name": "action", "shape": action_shape, "dtype": "int64"},
-                 {"name": "logits", "shape": ["B", n_params], "dtype": "float32"}]
+def interface(model: Any, step: OnnxStep) -> dict[str, Any]:
+    """The exported graph's interface as JSON (stored in ``metadata_props["recurl"]``); shapes use ``"B"``
+    for the dynamic batch axis. Output names and shapes come from running ``step`` once."""
+    policy, obs_space, act_space = step.policy, model.observation_space, model.action_space
+    example = _example_inputs(policy, obs_space, batch=2)
+    with torch.no_grad():
+        dist, state = policy.act(*_split(step, example))
+    names = list(policy.act_state_names)
+    cfg = model.config.policy
+    state_shape = [int(s.shape[0]), "B", int(s.shape[2])] if (s := next(iter(state), None)) is not None else []
+    n_obs = len(step.keys)
+    delay = int(getattr(model, "action_delay", 0))
     return {
-        "format": "recurl-onnx-step/1",
+        "format": "recurl-onnx-step/2",
         "recurl_version": __version__,
-        "observation_space": space_to_json(policy.obs_space),
+        "algo": getattr(model, "algo", None),
+        "observation_space": space_to_json(obs_space),
         "action_space": space_to_json(act_space),
-        "action_kind": policy.pi.kind,
         "core": cfg.core,
         "hidden_size": cfg.hidden_size,
         "num_layers": cfg.num_layers,
-        "shared_core": cfg.shared_core,
+        "action_delay": delay,
+        "default_action": default_action(act_space).tolist() if delay else None,
         # A memoryless core has no state and so no use for is_first: the exporter drops unused inputs.
-        "inputs": [*obs, *({"name": f"{n}_in", "shape": state_shape, "dtype": "float32"} for n in names),
+        "inputs": [*(_describe(n, t) for n, t in zip(obs_input_names(obs_space), example[:n_obs])),
+                   *({"name": f"{n}_in", "shape": state_shape, "dtype": "float32"} for n in names),
                    *([{"name": "is_first", "shape": ["B"], "dtype": "float32"}] if names else [])],
-        "outputs": [*heads, {"name": "value", "shape": ["B"], "dtype": "float32"},
+        "outputs": [_describe("action", step(*example)[0]), *(_describe(k, v) for k, v in dist.outputs().items()),
                     *({"name": f"{n}_out", "shape": state_shape, "dtype": "float32"} for n in names)],
         "state_inputs": [f"{n}_in" for n in names],
         "state_outputs": [f"{n}_out" for n in names],
@@ -165,25 +140,16 @@ def interface(policy: RecurrentPolicy) -> dict[str, Any]:
     }
 
 
-def _example_inputs(policy: RecurrentPolicy, batch: int, seed: int = 0) -> list[torch.Tensor]:
-    """Random valid inputs for a batch: observations from the space, random state, mixed ``is_first``."""
-    gen = torch.Generator().manual_seed(seed)
-    leaves = []
-    for _, space in _leaves(policy.obs_space):
-        space = copy.deepcopy(space)
-        space.seed(seed)
-        a = np.stack([space.sample() for _ in range(batch)])
-        if np.issubdtype(a.dtype, np.floating):  # unbounded Box samples can be huge: keep them moderate
-            a = np.clip(a, -5.0, 5.0)
-        leaves.append(torch.as_tensor(a, dtype=_torch_dtype(space)))
-    cfg = policy.cfg
-    state = [torch.randn(cfg.num_layers, batch, cfg.hidden_size, generator=gen) for _ in state_names(policy)]
-    is_first = (torch.arange(batch) % 2).float()
-    return [*leaves, *state, is_first]
+def _split(step: OnnxStep, inputs: list[torch.Tensor]) -> tuple[Any, tuple, torch.Tensor | None]:
+    """Graph inputs -> ``(obs, state, is_first)`` as ``policy.act`` takes them."""
+    n_obs = len(step.keys)
+    leaves, state = inputs[:n_obs], tuple(inputs[n_obs : n_obs + step.n_state])
+    obs = leaves[0] if step.keys == [None] else dict(zip(step.keys, leaves))
+    return obs, state, (inputs[-1] > 0.5 if step.n_state else None)
 
 
 def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool = True) -> dict[str, Any]:
-    """Write the acting step of ``model`` (a run directory, or a loaded/trained model with ``.policy``)
+    """Write the acting step of ``model`` (a run directory, or a loaded/trained model of any algorithm)
     to the ONNX file ``path``; returns the interface stored in its metadata (see :func:`interface`).
 
     With ``verify`` the file is checked by ``onnx.checker`` and, when onnxruntime is installed, run on a
@@ -194,16 +160,14 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool =
     except ImportError:
         raise RecurlError("ONNX export needs the onnx package: pip install 'recurl[export]'") from None
     if isinstance(model, str | Path):
-        from recurl.runs import load_model
-
         model = load_model(model, device="cpu")
     policy = copy.deepcopy(model.policy).cpu().eval().requires_grad_(False)
-    step = OnnxStep(policy).eval()
-    meta = interface(policy)
+    step = OnnxStep(policy, model.observation_space, model.action_space).eval()
+    meta = interface(model, step)
     in_names = [d["name"] for d in meta["inputs"]]
     out_names = [d["name"] for d in meta["outputs"]]
     dyn = {d["name"]: {d["shape"].index("B"): "B"} for d in [*meta["inputs"], *meta["outputs"]]}
-    example = _example_inputs(policy, batch=2)  # batch 2, so no size-1 axis gets baked in as a constant
+    example = _example_inputs(policy, model.observation_space, batch=2)  # 2: no size-1 axis baked in
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and RNN batch-size notes
@@ -215,20 +179,20 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool =
     proto.producer_name = "recurl"
     if verify:
         onnx.checker.check_model(proto, full_check=True)
-        _verify_runtime(proto.SerializeToString(), step, policy, in_names)
+        _verify_runtime(proto.SerializeToString(), step, model.observation_space, in_names)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return meta
 
 
-def _verify_runtime(data: bytes, step: OnnxStep, policy: RecurrentPolicy, in_names: list[str]) -> None:
+def _verify_runtime(data: bytes, step: OnnxStep, obs_space: gym.Space, in_names: list[str]) -> None:
     """Run the graph in onnxruntime on a fresh random batch of 3 and compare it with the PyTorch module."""
     try:
         import onnxruntime as ort
     except ImportError:
         return
-    inputs = _example_inputs(policy, batch=3, seed=1)
+    inputs = _example_inputs(step.policy, obs_space, batch=3, seed=1)
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = sess.run(None, {n: t.numpy() for n, t in zip(in_names, inputs)})
     with torch.no_grad():

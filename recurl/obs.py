@@ -104,3 +104,33 @@ def _check_leaf(a: np.ndarray, space: gym.Space, name: str) -> tuple[np.ndarray,
         if np.any(a != np.round(a)) or np.any(a < lo) or np.any(a >= hi):
             raise RecurlError(f"{name} has values outside {space}")
     return a, a.shape[0], batched
+
+
+def check_is_first(is_first: Any, n: int, name: str = "is_first") -> np.ndarray:
+    """A user's episode-start flags -> ``[n]`` bool array; anything else (wrong length, non-bool values)
+    is a :class:`RecurlError`."""
+    a = np.asarray(is_first.cpu() if isinstance(is_first, torch.Tensor) else is_first)
+    if a.size != n or a.dtype.kind not in "biu" or (a.dtype != bool and not np.isin(a, (0, 1)).all()):
+        raise RecurlError(f"{name} must be {n} bool(s), one per observation, got shape {a.shape} of {a.dtype}")
+    return a.reshape(n).astype(bool)
+
+
+def check_state(state: Any, shapes: list[tuple[int, int]], n: int) -> list[np.ndarray]:
+    """A user's recurrent state -> float32 arrays ``[layers, n, H]``, checked against the policy's
+    ``(layers, H)`` per tensor; anything else is one :class:`RecurlError` saying what to pass."""
+    if not isinstance(state, tuple | list) or len(state) != len(shapes):
+        raise RecurlError(f"state must be a tuple of {len(shapes)} array(s) returned by the previous call "
+                          f"(or None to start), got {type(state).__name__}"
+                          + (f" of length {len(state)}" if isinstance(state, tuple | list) else ""))
+    out = []
+    for s, (layers, hidden) in zip(state, shapes):
+        try:
+            a = np.asarray(s.detach().cpu() if isinstance(s, torch.Tensor) else s, np.float32)
+        except (TypeError, ValueError):
+            raise RecurlError(f"state entries must be float arrays, got {type(s).__name__}") from None
+        if a.shape != (layers, n, hidden):
+            raise RecurlError(f"state tensor has shape {a.shape} but {n} observation(s) need "
+                              f"[layers, N, hidden] = {(layers, n, hidden)}: pass the state returned by the "
+                              "previous call, or None")
+        out.append(a)
+    return out

@@ -37,8 +37,6 @@ def _swamp(task: str, max_time: int, steps: int, **extra: Any) -> tuple[str, dic
                      "total_steps": steps, **extra})
 
 
-
-
 def _ppo_swamp(task: str, steps: int) -> tuple[str, dict[str, Any]]:
     """Recurrent PPO on a swamp-tour task; episodes are short, so one 32-step chunk holds several."""
     return ("ppo", {

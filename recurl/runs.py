@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recurl.algos import Algorithm, algo_classes
 from recurl.checkpoint import CONFIG_FILE, read_json, write_json
+from recurl.errors import RecurlError
 from recurl.evaluation import evaluate_policy
 
 
@@ -20,12 +22,12 @@ def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
     return Path("runs") / f"{env_id.replace('/', '_')}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def load_model(run_dir: str | Path, device: str = "auto") -> Any:
+def load_model(run_dir: str | Path, device: str = "auto") -> Algorithm:
     """Load the model in ``run_dir`` whatever algorithm trained it."""
-    from recurl.algos import algo_classes
-
     meta = read_json(Path(run_dir) / CONFIG_FILE)
-    _, algo_cls = algo_classes(meta.get("algo", "?"))
+    if not isinstance(meta, dict):
+        raise RecurlError(f"{Path(run_dir) / CONFIG_FILE} is not a recurl run's config (expected a JSON object)")
+    _, algo_cls = algo_classes(str(meta.get("algo", "?")))
     return algo_cls.load(run_dir, device=device)
 
 

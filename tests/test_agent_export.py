@@ -1,8 +1,9 @@
 """Deployment: the stateful Agent runtime and the ONNX export with explicit state.
 
 Parity: the exported graph, stepped by onnxruntime through whole episodes with resets, matches the
-PyTorch policy (actions, logits / mean and log_std, value, every state tensor) within 1e-5 for LSTM,
-GRU and RNN cores with discrete and continuous actions; the Agent matches it too. A trained T-maze agent,
+PyTorch policy's acting step (actions, logits / mean and log_std, every state tensor) within 1e-5 for
+LSTM, GRU and RNN cores with discrete and continuous actions; the Agent matches it too, and so do R2D2's
+Q-network and a behaviour-cloned policy with an action delay. A trained T-maze agent,
 exported, solves the maze in a process that never imports torch or recurl.
 """
 
@@ -62,13 +63,12 @@ def _parity(run: Path, onnx_path: Path, steps: int, batch: int = 4, seed: int = 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     in_names = [d["name"] for d in meta["inputs"]]
     out_names = [d["name"] for d in meta["outputs"]]
-    env = RecurrentPPO.load(run, device="cpu")._make_env(batch)
+    env = RecurrentPPO.load(run, device="cpu").make_env(batch)
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
-    state = pol.initial_state(batch)
+    state = pol.initial_act_state(batch)
     onnx_state = [s.numpy() for s in state]
     agent_state = model.initial_state(batch)
-    n_actor = len(agent_state)
     is_first = np.ones(batch, bool)
     worst = 0.0
     for _ in range(steps):
@@ -80,8 +80,7 @@ def _parity(run: Path, onnx_path: Path, steps: int, batch: int = 4, seed: int = 
             feed["is_first"] = is_first.astype(np.float32)
         got = dict(zip(out_names, sess.run(None, feed)))
         with torch.inference_mode():
-            dist, value, state = pol.step(model._obs_conv.to_torch(obs, model.device), state,
-                                          torch.as_tensor(is_first))
+            dist, state = pol.act(model._obs_conv.to_torch(obs, model.device), state, torch.as_tensor(is_first))
         agent_action, agent_state = model.act(obs, agent_state, is_first)
         if dist.kind == "gaussian":
             want_action = np.clip(dist.params.numpy(), space.low, space.high)
@@ -93,10 +92,9 @@ def _parity(run: Path, onnx_path: Path, steps: int, batch: int = 4, seed: int = 
             worst = max(worst, _max_err(got["logits"], dist.logits))
             np.testing.assert_array_equal(got["action"], dist.mode().numpy())
             np.testing.assert_array_equal(agent_action, got["action"])
-        worst = max(worst, _max_err(got["value"], value))
         for name, s in zip(meta["state_outputs"], state):
             worst = max(worst, _max_err(got[name], s))
-        for a, s in zip(agent_state, state[:n_actor]):
+        for a, s in zip(agent_state, state):
             worst = max(worst, float((a - s).abs().max()))
         onnx_state = [got[name] for name in meta["state_outputs"]]
         obs, _, term, trunc, _ = env.step(got["action"])
@@ -133,7 +131,8 @@ def test_onnx_metadata_describes_the_interface(tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     meta = json.loads(sess.get_modelmeta().custom_metadata_map["recurl"])
     assert meta["core"] == "lstm" and meta["num_layers"] == 2 and meta["hidden_size"] == 64
-    assert meta["state_inputs"] == ["h_in", "c_in", "critic_h_in", "critic_c_in"]
+    assert meta["state_inputs"] == ["h_in", "c_in"]  # the actor's state: the same predict and Agent carry
+    assert meta["algo"] == "ppo" and meta["action_delay"] == 0
     assert meta["action_space"] == {"type": "Discrete", "n": 3, "start": 0}
     assert [i.name for i in sess.get_inputs()] == [d["name"] for d in meta["inputs"]]
     assert [o.name for o in sess.get_outputs()] == [d["name"] for d in meta["outputs"]]
@@ -177,7 +176,7 @@ def test_agent_rejects_bad_input_clearly(tmp_path: Path) -> None:
         agent.act(ok, is_first=[True])
     with pytest.raises(RecurlError, match=r"\[layers, N, hidden\] = \(2, 2, 64\)"):
         agent.act(ok, agent.initial_state(3))
-    with pytest.raises(RecurlError, match="tuple of 1 tensor"):
+    with pytest.raises(RecurlError, match="tuple of 1 array"):
         agent.act(ok, np.zeros((2, 2, 64), np.float32))
     assert agent.act(ok).shape == (2,)  # a rejected call leaves the agent usable
 
@@ -194,7 +193,7 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_exported_tmaze_agent_solves_the_maze_without_torch(tmp_path: Path) -> None:
     model = RecurrentPPO("recurl/TMaze-v0", num_envs=16, n_steps=64, batch_size=512, n_epochs=4,
-                         learning_rate=1e-3, ent_coef=0.01, env_kwargs={"length": 2}).learn(50_000, progress=False)
+                         learning_rate=1e-3, ent_coef=0.01, env_kwargs={"length": 2}).learn(50_000, progress_bar=False)
     model.save(tmp_path / "run")
     export_onnx(tmp_path / "run", tmp_path / "tmaze.onnx")
     res = subprocess.run(
@@ -218,20 +217,21 @@ def test_onnx_dict_of_discrete_obs_and_multidiscrete_actions(tmp_path: Path) -> 
     obs_space = gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (3,), np.float32), "room": gym.spaces.Discrete(5),
                                  "keys": gym.spaces.MultiDiscrete([2, 3])})
     pol = RecurrentPolicy(obs_space, gym.spaces.MultiDiscrete([3, 4]), PolicyConfig(core="gru", ortho_init=False))
-    meta = export_onnx(SimpleNamespace(policy=pol), tmp_path / "m.onnx")
+    model = SimpleNamespace(policy=pol, observation_space=obs_space, action_space=pol.action_space,
+                            config=SimpleNamespace(policy=pol.cfg))
+    meta = export_onnx(model, tmp_path / "m.onnx")
     assert [d["name"] for d in meta["inputs"][:3]] == ["obs.keys", "obs.pos", "obs.room"]
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     obs_space.seed(0)
     obs = {k: np.stack([obs_space[k].sample() for _ in range(3)]) for k in sorted(obs_space.spaces)}
     state = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
     is_first = np.array([1.0, 0.0, 0.0], np.float32)
-    got = sess.run(None, {**{f"obs.{k}": v for k, v in obs.items()}, "h_in": state, "critic_h_in": state,
-                          "is_first": is_first})
+    got = sess.run(None, {**{f"obs.{k}": v for k, v in obs.items()}, "h_in": state, "is_first": is_first})
     with torch.inference_mode():
-        dist, value, new_state = pol.step({k: torch.as_tensor(v) for k, v in obs.items()},
-                                          (torch.as_tensor(state),) * 2, torch.as_tensor(is_first > 0))
+        dist, new_state = pol.act({k: torch.as_tensor(v) for k, v in obs.items()}, (torch.as_tensor(state),),
+                                  torch.as_tensor(is_first > 0))
     np.testing.assert_array_equal(got[0], dist.mode().numpy())
-    for a, b in zip(got[1:], [torch.cat(dist.logits_list, -1), value, *new_state]):
+    for a, b in zip(got[1:], [torch.cat(dist.logits_list, -1), *new_state]):
         assert _max_err(a, b) < TOL
 
 
@@ -252,3 +252,66 @@ def test_onnx_backend_agent_acts_like_the_torch_agent(env_id: str, policy: dict)
                                    atol=1e-5)
     with pytest.raises(RecurlError, match="deterministically"):
         Agent(model, deterministic=False, backend="onnx")
+
+
+@pytest.mark.parametrize("hard_sigmoid", [False, True])
+def test_r2d2_exports_and_deploys_greedy(tmp_path: Path, hard_sigmoid: bool) -> None:
+    """An R2D2 run goes through `recurl export` and the Agent (both backends): greedy Q acting, the same
+    actions and states as the Q-network's own step, through episodes with resets."""
+    from recurl import R2D2
+    from recurl.algos.r2d2 import QNetworkConfig
+
+    model = R2D2("recurl/TMaze-v0", env_kwargs={"length": 3}, num_envs=2, device="cpu",
+                 policy=QNetworkConfig(core="lstm", hidden_size=16, hard_sigmoid=hard_sigmoid))
+    model.save(tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "q.onnx")]) == 0
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    meta = json.loads(sess.get_modelmeta().custom_metadata_map["recurl"])
+    assert meta["algo"] == "r2d2" and [d["name"] for d in meta["outputs"]] == ["action", "q", "h_out", "c_out"]
+    agents = [Agent.load(tmp_path / "run"), Agent.load(tmp_path / "run", backend="onnx")]
+    for a in agents:
+        a.reset(3)
+    rng = np.random.default_rng(0)
+    state = model.policy.initial_act_state(3)
+    onnx_state = [s.numpy() for s in state]
+    for t in range(15):
+        obs = rng.random((3, 4)).astype(np.float32)
+        first = (rng.random(3) < 0.2) | (t == 0)
+        with torch.no_grad():
+            dist, state = model.policy.act(torch.as_tensor(obs), state, torch.as_tensor(first))
+        got = sess.run(None, {"obs": obs, "h_in": onnx_state[0], "c_in": onnx_state[1],
+                              "is_first": first.astype(np.float32)})
+        onnx_state = got[2:]
+        np.testing.assert_array_equal(got[0], dist.q.argmax(-1).numpy())
+        assert _max_err(got[1], dist.q) < TOL
+        for a in agents:
+            np.testing.assert_array_equal(a.act(obs, is_first=first), got[0])
+
+
+def test_action_delay_is_applied_by_the_agent_and_described_in_the_graph(tmp_path: Path) -> None:
+    """A behaviour-cloned policy with action_delay D: Agent (both backends) executes each choice D steps
+    later and the default action first; the ONNX metadata carries D and the default for other runtimes."""
+    from recurl import BehaviourCloning
+    from recurl.data.trajectories import Episode, write_dataset
+
+    rng = np.random.default_rng(0)
+    eps = [Episode(rng.random((6, 4)).astype(np.float32), rng.integers(0, 3, 5), np.zeros(5),
+                   np.eye(5, dtype=bool)[-1], np.zeros(5, bool)) for _ in range(3)]
+    data = write_dataset(tmp_path / "tm-v0", eps, "recurl/TMaze-v0", {"length": 3})
+    bc = BehaviourCloning(dataset=str(data), action_delay=2, device="cpu")
+    meta = export_onnx(bc, tmp_path / "bc.onnx")
+    assert meta["action_delay"] == 2 and meta["default_action"] == 0
+    for backend in ("torch", "onnx"):
+        agent, plain = Agent(bc, backend=backend), Agent(bc, backend=backend)
+        plain.action_delay = 0  # the same policy without the queue: what it chooses, when it chooses it
+        agent.reset(2)
+        plain.reset(2)
+        chosen, done = [], []
+        for t in range(8):
+            obs = rng.random((2, 4)).astype(np.float32)
+            first = np.array([t == 4, False])  # env 0 starts a new episode at t = 4
+            done.append(agent.act(obs, is_first=first))
+            chosen.append(plain.act(obs, is_first=first))
+        np.testing.assert_array_equal([d[1] for d in done], [0, 0] + [c[1] for c in chosen[:6]])
+        np.testing.assert_array_equal([d[0] for d in done], [0, 0, chosen[0][0], chosen[1][0], 0, 0,
+                                                             chosen[4][0], chosen[5][0]])

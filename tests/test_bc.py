@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from recurl.algos.bc import ActionDelay, BCConfig, BehaviourCloning, build_stream, delayed_pairs, stream_unroll
+from recurl.algos.bc import BCConfig, BehaviourCloning, build_stream, delayed_pairs, stream_unroll
 from recurl.algos.ppo import RecurrentPPO
 from recurl.cli import main
+from recurl.collector import Collector
 from recurl.data.trajectories import Episode, write_dataset
 from recurl.errors import RecurlError
 from recurl.nn.policy import PolicyConfig, RecurrentPolicy
@@ -80,19 +81,16 @@ def test_delay_pairs_observation_t_with_action_t_plus_d(delay: int) -> None:
 
 
 def test_action_delay_runs_each_action_d_steps_later_and_restarts_with_each_episode() -> None:
+    """The collector's delay queue (the one evaluation, the Agent and recording use)."""
     env = gym.make_vec(TMAZE, num_envs=1, vectorization_mode="sync")
     executed: list[int] = []
     inner = env.envs[0].unwrapped
     step = inner.step
     inner.step = lambda a: (executed.append(int(a)), step(a))[1]  # spy on what really runs
-    delayed = ActionDelay(env, 2)
-    delayed.reset(seed=0)
+    col = Collector(env, action_delay=2)
+    col.reset(0, ())
     chosen = [2, 1, 1, 2, 1, 2, 2, 1, 1, 2, 1, 2, 2, 1, 1, 2, 1, 2, 2, 1, 1, 2]  # turns only: a 20-step time-out
-    ends = []
-    for t, a in enumerate(chosen):
-        _, _, term, trunc, _ = delayed.step(np.array([a]))
-        if term[0] or trunc[0]:
-            ends.append(t)
+    ends = [t for t, a in enumerate(chosen) if col.step(torch.tensor([a])).finished.size]
     assert ends == [19]
     assert executed[:20] == [0, 0, *chosen[:18]]  # default action first, then each choice 2 steps late
     # step 20 is the autoreset step (its action is ignored); the new episode again starts with defaults
@@ -169,7 +167,7 @@ def test_bc_run_initialises_ppo_with_identical_actions(bc_run: str, tmp_path) ->
             a_bc, s_bc = bc.predict(o, s_bc, np.array([t == 0]), deterministic=True)
             a_ppo, s_ppo = ppo.predict(o, s_ppo, np.array([t == 0]), deterministic=True)
             assert a_bc == a_ppo
-    ppo.learn(total_steps=32, progress=False)  # the KL-to-teacher loss runs on a BC teacher
+    ppo.learn(total_steps=32, progress_bar=False)  # the KL-to-teacher loss runs on a BC teacher
     assert ppo.num_timesteps == 32
 
 
@@ -187,8 +185,8 @@ def test_bc_continuous_actions_resume_and_delay(tmp_path) -> None:
     data = write_dataset(tmp_path / "pend-v0", collect_episodes(env, Swing(), 3, seed=0), "Pendulum-v1")
     cfg = BCConfig(dataset=str(data), action_delay=2, chunk_len=50, max_epochs=2, val_fraction=0.34,
                    checkpoint_every=1, eval_episodes=1, device="cpu", policy=PolicyConfig(hidden_size=8))
-    bc = BehaviourCloning(cfg).learn(run_dir=tmp_path / "run", progress=False)
-    assert bc.epoch == 2 and isinstance(bc._make_env(1), ActionDelay)
+    bc = BehaviourCloning(config=cfg).learn(run_dir=tmp_path / "run", progress_bar=False)
+    assert bc.epoch == 2 and bc.action_delay == 2
     assert isinstance(load_model(tmp_path / "run", device="cpu").action_space, gym.spaces.Box)
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
     meta["config"]["max_epochs"] = 3
@@ -201,11 +199,11 @@ def test_bc_continuous_actions_resume_and_delay(tmp_path) -> None:
 
 def test_bad_bc_options_are_clear_errors(tmaze_dataset: str) -> None:
     with pytest.raises(RecurlError, match="needs --dataset"):
-        BehaviourCloning(BCConfig(env=TMAZE))
-    with pytest.raises(RecurlError, match="val_fraction"):
+        BehaviourCloning(config=BCConfig(env=TMAZE))
+    with pytest.raises(RecurlError, match="val-fraction"):
         BCConfig(dataset=tmaze_dataset, val_fraction=1.0)
     with pytest.raises(RecurlError, match="spaces"):
-        BehaviourCloning(BCConfig(dataset=tmaze_dataset, env="recurl/SwampTour-ruin_2swamp-v0"))
+        BehaviourCloning(config=BCConfig(dataset=tmaze_dataset, env="recurl/SwampTour-ruin_2swamp-v0"))
     assert main(["train", "--algo", "bc", "--dataset", "nowhere-v0", "--quiet"]) == 1
 
 

@@ -17,7 +17,7 @@ def _train(preset_name: str, core: str, **overrides) -> RecurrentPPO:
     _, ov = preset(preset_name)
     ov.update(overrides)
     ov["policy"] = {**ov.get("policy", {}), "core": core}
-    return RecurrentPPO(config=build_config(PPOConfig, {**ov, "seed": 0})).learn(progress=False)
+    return RecurrentPPO(config=build_config(PPOConfig, {**ov, "seed": 0})).learn(progress_bar=False)
 
 
 @pytest.mark.parametrize("core,check", [("lstm", lambda r: r >= 475), ("none", lambda r: r < 200)])

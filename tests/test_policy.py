@@ -28,25 +28,35 @@ ACTIONS = {
 @pytest.mark.parametrize("obs_name", SPACES)
 @pytest.mark.parametrize("act_name", ACTIONS)
 def test_every_space_steps_and_unrolls(obs_name: str, act_name: str) -> None:
+    """For every space: T steps (training step, and actor-only act) equal one unroll over distinct
+    observations with an episode start inside the window, in every row."""
     obs_space, act_space = SPACES[obs_name], ACTIONS[act_name]
     obs_space.seed(0)
     act_space.seed(0)
+    torch.manual_seed(0)
     pol = RecurrentPolicy(obs_space, act_space, PolicyConfig(core="gru", hidden_size=8, encoder_hidden=(8,)))
     conv = ObsConverter(obs_space)
-    T, B = 4, 3
-    raw = [[obs_space.sample() for _ in range(B)] for _ in range(T)]
-    stacked = [gym.vector.utils.concatenate(obs_space, row, gym.vector.utils.create_empty_array(obs_space, B))
-               for row in raw]
-    obs_seq = conv.map(conv.to_torch(stacked[0], "cpu"), lambda x: x.unsqueeze(0).repeat_interleave(T, 0))
+    T, B = 5, 3
+    rows = [gym.vector.utils.concatenate(obs_space, [obs_space.sample() for _ in range(B)],
+                                         gym.vector.utils.create_empty_array(obs_space, B)) for _ in range(T)]
+    steps = [conv.to_torch(r, "cpu") for r in rows]
+    obs_seq = {k: torch.stack([o[k] for o in steps]) for k in steps[0]} if isinstance(steps[0], dict) \
+        else torch.stack(steps)
     is_first = torch.zeros(T, B, dtype=torch.bool)
     is_first[0] = True
+    is_first[3, 1] = True  # a new episode inside the window, in one row
     dist, value, state = pol.unroll(obs_seq, pol.initial_state(B), is_first)
     a = dist.sample()
     assert value.shape == (T, B) and dist.log_prob(a).shape == (T, B) and dist.entropy().shape == (T, B)
-    d1, v1, s1 = pol.step(conv.to_torch(stacked[0], "cpu"), pol.initial_state(B), is_first[0])
-    torch.testing.assert_close(v1, value[0], atol=1e-6, rtol=0)
-    dist_act, _ = pol.act(conv.to_torch(stacked[0], "cpu"), pol.initial_state(B), is_first[0])
-    torch.testing.assert_close(dist_act.params, d1.params)
+    s, s_act = pol.initial_state(B), pol.initial_act_state(B)
+    for t in range(T):
+        d1, v1, s = pol.step(steps[t], s, is_first[t])
+        d2, s_act = pol.act(steps[t], s_act, is_first[t])
+        torch.testing.assert_close(v1, value[t], atol=1e-6, rtol=0)
+        torch.testing.assert_close(d1.params, dist.params[t], atol=1e-6, rtol=0)
+        torch.testing.assert_close(d2.params, d1.params, atol=1e-6, rtol=0)
+    for x, y in zip(s.actor + s.critic, state.actor + state.critic):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("space", [gym.spaces.Text(5), gym.spaces.Tuple((gym.spaces.Discrete(2),)),
@@ -70,4 +80,6 @@ def test_image_encoder_is_a_cnn_and_scales_pixels() -> None:
 def test_shared_core_has_one_core_and_half_the_state() -> None:
     shared = RecurrentPolicy(SPACES["box"], ACTIONS["discrete"], PolicyConfig(shared_core=True))
     separate = RecurrentPolicy(SPACES["box"], ACTIONS["discrete"], PolicyConfig())
-    assert len(shared.initial_state(2)) == 2 and len(separate.initial_state(2)) == 4
+    assert (len(shared.initial_state(2).actor), len(shared.initial_state(2).critic)) == (2, 0)
+    assert (len(separate.initial_state(2).actor), len(separate.initial_state(2).critic)) == (2, 2)
+    assert len(shared.initial_act_state(2)) == len(separate.initial_act_state(2)) == 2

@@ -1,11 +1,12 @@
-"""Recurrent PPO: GAE by hand, rollout flags under NEXT_STEP autoreset, bootstrap state, save/load, predict."""
+"""Recurrent PPO: GAE by hand, rollout flags under NEXT_STEP autoreset, bootstrap state, the loss's masking
+and first-epoch ratio, the KL-to-teacher term, the learn API, save/load, predict."""
 
 import numpy as np
 import pytest
 import torch
 
 from recurl import RecurrentPPO
-from recurl.algos.ppo import EpisodeStats, RolloutBuffer, compute_gae
+from recurl.algos.ppo import RolloutBuffer, compute_gae
 from recurl.errors import RecurlError
 
 G, LAM = 0.9, 0.8
@@ -45,15 +46,9 @@ def _model(**kw) -> RecurrentPPO:
 
 def _collect(model: RecurrentPPO) -> RolloutBuffer:
     cfg = model.config
-    model.env = model._make_env(cfg.num_envs)
-    model._obs, _ = model.env.reset(seed=0)
-    model._state = model.policy.initial_state(cfg.num_envs)
-    model._is_first = torch.ones(cfg.num_envs, dtype=torch.bool)
-    model._valid_np = np.ones(cfg.num_envs, bool)
-    model._valid = torch.ones(cfg.num_envs, dtype=torch.bool)
-    model._ret = np.zeros(cfg.num_envs)
+    model._start_collector()
     buf = RolloutBuffer(cfg, model.obs_conv, (), torch.long, model.device)
-    model._collect(buf, EpisodeStats(cfg.num_envs))
+    model._collect(buf)
     return buf
 
 
@@ -97,10 +92,11 @@ def test_chunk_states_are_the_states_entering_each_chunk() -> None:
         _, _, s4 = model.policy.unroll(buf.obs[:4], buf.chunk_states[0], buf.is_first[:4])
     for a, b in zip(s4, buf.chunk_states[1]):
         torch.testing.assert_close(a, b)
+    assert len(s4.actor) == len(s4.critic) == 2  # named parts: the critic's own LSTM state is carried too
 
 
 def test_training_runs_and_save_load_gives_identical_actions_and_states(tmp_path) -> None:
-    model = _model(env="recurl/TMaze-v0", policy={"core": "gru"}, n_epochs=2).learn(64, progress=False)
+    model = _model(env="recurl/TMaze-v0", policy={"core": "gru"}, n_epochs=2).learn(64, progress_bar=False)
     model.save(tmp_path)
     loaded = RecurrentPPO.load(tmp_path)
     rng = np.random.default_rng(0)
@@ -122,8 +118,12 @@ def test_predict_rejects_bad_input() -> None:
     with pytest.raises(RecurlError, match="NaN"):
         model.predict(np.array([0, np.nan, 0, 0], np.float32))
     _, state = model.predict(np.zeros((2, 4), np.float32))
-    with pytest.raises(RecurlError, match="state shapes"):
+    with pytest.raises(RecurlError, match="state tensor has shape"):
         model.predict(np.zeros((3, 4), np.float32), state)
+    with pytest.raises(RecurlError, match="state must be a tuple"):
+        model.predict(np.zeros((2, 4), np.float32), "oops")
+    with pytest.raises(RecurlError, match="episode_start must be 2"):
+        model.predict(np.zeros((2, 4), np.float32), state, episode_start=[True])
     with pytest.raises(RecurlError, match="dtype"):
         model.predict(np.array(["a", "b", "c", "d"]))
 
@@ -137,14 +137,107 @@ def test_unbatched_predict_returns_one_action() -> None:
 @pytest.mark.parametrize("env_id,kw", [("recurl/RepeatPrevious-v0", {}), ("recurl/CartPoleNoVel-v1", {})])
 def test_every_core_trains_on_each_task(env_id: str, kw: dict) -> None:
     for core in ("lstm", "gru", "rnn", "none"):
-        model = _model(env=env_id, env_kwargs=kw, policy={"core": core}).learn(32, progress=False)
+        model = _model(env=env_id, env_kwargs=kw, policy={"core": core}).learn(32, progress_bar=False)
         assert model.num_timesteps == 32
 
 
 def test_bad_config_is_one_clear_error() -> None:
-    with pytest.raises(RecurlError, match="seq_len"):
+    with pytest.raises(RecurlError, match="seq-len"):
         _model(env="recurl/TMaze-v0", n_steps=8, seq_len=3)
     with pytest.raises(RecurlError, match="unknown env id"):
         _model(env="NoSuchEnv-v0")
     with pytest.raises(RecurlError, match="unknown PPO option"):
         _model(env="recurl/TMaze-v0", bogus=1)
+
+
+def test_predict_state_is_the_actor_state_only() -> None:
+    """predict carries what acting reads: the actor's (h, c), not the critic's tensors as well."""
+    model = _model(env="recurl/TMaze-v0")  # separate critic core
+    _, state = model.predict(np.zeros((2, 4), np.float32))
+    assert len(state) == 2 and model.policy.act_state_names == ("h", "c")
+
+
+def _loss_on_rollout(model: RecurrentPPO, buf: RolloutBuffer, clip: float = 0.2):
+    seq, states, teacher_states, _ = model._sequences(buf)
+    model.optimizer.zero_grad(set_to_none=True)
+    loss, stats = model._loss(seq, states, teacher_states, clip)
+    loss.backward()
+    return loss.detach(), stats, [p.grad.clone() for p in model.policy.parameters() if p.grad is not None]
+
+
+def test_first_minibatch_ratio_is_one() -> None:
+    """Acting (cell kernels, step by step) and training (fused unroll) see the same policy: ratio == 1."""
+    model = _model(env="recurl/RepeatPrevious-v0", env_kwargs={"k": 1, "length": 3}, n_steps=16, seq_len=8,
+                   batch_size=32, policy={"normalize_obs": True})
+    buf = _collect(model)
+    seq, states, _, _ = model._sequences(buf)
+    with torch.no_grad():
+        dist, _, _ = model.policy.unroll(seq["obs"], states, seq["is_first"], return_state=False)
+    ratio = (dist.log_prob(seq["actions"]) - seq["logp"]).exp()
+    assert (ratio - 1).abs().max() < 1e-5
+    _, stats, _ = _loss_on_rollout(model, buf)
+    assert float(stats["clip_fraction"]) == 0.0 and abs(float(stats["approx_kl"])) < 1e-8
+
+
+def test_loss_masks_the_autoreset_steps() -> None:
+    """Whatever sits in an invalid (autoreset) step's action, log-prob, advantage and return, the loss and
+    its gradient are unchanged: those steps are no transitions."""
+    model = _model(env="recurl/RepeatPrevious-v0", env_kwargs={"k": 1, "length": 3})
+    buf = _collect(model)
+    invalid = ~buf.valid
+    assert invalid.any()
+    loss, _, grads = _loss_on_rollout(model, buf)
+    buf.actions[invalid] = (buf.actions[invalid] + 1) % 2
+    buf.logp[invalid] = -5.0
+    buf.rewards[invalid] = 100.0
+    loss2, _, grads2 = _loss_on_rollout(model, buf)
+    torch.testing.assert_close(loss, loss2, rtol=0, atol=1e-7)
+    for g, g2 in zip(grads, grads2):
+        torch.testing.assert_close(g, g2, rtol=0, atol=1e-7)
+
+
+def test_kl_teacher_term_changes_the_update(tmp_path) -> None:
+    teacher_run = tmp_path / "teacher"
+    _model(env="recurl/TMaze-v0").save(teacher_run)
+    model = _model(env="recurl/TMaze-v0", init_from=str(teacher_run), kl_teacher=1.0)
+    with torch.no_grad():  # move the student away from its teacher, so the KL is not zero
+        model.policy.pi.linear.weight.add_(torch.randn_like(model.policy.pi.linear.weight))
+    buf = _collect(model)
+    loss, stats, grads = _loss_on_rollout(model, buf)
+    assert float(stats["teacher_kl"]) > 1e-3
+    teacher, model.teacher = model.teacher, None
+    loss0, stats0, grads0 = _loss_on_rollout(model, buf)
+    assert "teacher_kl" not in stats0
+    torch.testing.assert_close(loss - loss0, stats["teacher_kl"], rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose(g, g0) for g, g0 in zip(grads, grads0))
+    assert teacher is not None
+
+
+def test_learn_continues_and_callbacks_stop() -> None:
+    model = _model(env="recurl/TMaze-v0")  # 16 env steps per update
+    model.learn(32, progress_bar=False)
+    w = model.policy.pi.linear.weight.clone()
+    assert (model.num_timesteps, model.n_updates) == (32, 2)
+    model.learn(32, progress_bar=False)  # a second call trains again (SB3: the counter restarts)
+    assert (model.num_timesteps, model.n_updates) == (32, 4) and not torch.equal(w, model.policy.pi.linear.weight)
+    model.learn(48, reset_num_timesteps=False, progress_bar=False)
+    assert (model.num_timesteps, model.n_updates) == (80, 7)
+    calls = []
+    model.learn(64, callback=lambda m: calls.append(m.n_updates) or len(calls) < 2, progress_bar=False)
+    assert calls == [8, 9]
+    with pytest.raises(RecurlError, match="total_steps"):
+        model.learn(-100)
+
+
+def test_learn_never_exceeds_the_budget() -> None:
+    model = _model(env="recurl/TMaze-v0").learn(40, progress_bar=False)
+    assert model.num_timesteps == 32
+    assert _model(env="recurl/TMaze-v0").learn(5, progress_bar=False).num_timesteps == 16  # one update at least
+
+
+def test_dict_observations_train_through_learn() -> None:
+    model = _model(env="recurl/TMaze-v0", prev_action_reward=True)
+    assert isinstance(model.observation_space, __import__("gymnasium").spaces.Dict)
+    w = model.policy.pi.linear.weight.clone()
+    model.learn(32, progress_bar=False)
+    assert model.n_updates == 2 and not torch.equal(w, model.policy.pi.linear.weight)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import gymnasium as gym
@@ -11,7 +12,6 @@ import torch
 
 from recurl.algos.r2d2 import (
     R2D2,
-    HardSigmoidCore,
     QNetwork,
     QNetworkConfig,
     inverse_value_rescale,
@@ -20,6 +20,7 @@ from recurl.algos.r2d2 import (
 )
 from recurl.cli import main
 from recurl.data.sequence_replay import SequenceReplay, SequenceWriter
+from recurl.nn.recurrent import HardSigmoidCore
 from recurl.obs import ObsConverter
 
 TINY = dict(env="recurl/SwampTour-ruin_2swamp-v0", env_kwargs={"compute_optimal": False}, num_envs=4,
@@ -133,16 +134,16 @@ def test_hard_sigmoid_cells_have_the_articles_parameter_counts() -> None:
 
 def _trained(**kw) -> R2D2:
     m = R2D2(**{**TINY, **kw})
-    m.learn(total_steps=600, progress=False)
+    m.learn(total_steps=600, progress_bar=False)
     return m
 
 
 def test_burn_in_carries_no_gradient_and_priorities_update() -> None:
     m = R2D2(**{**TINY, "burn_in": 4, "seq_len": 6, "overlap": 2})
-    m.learn(total_steps=400, progress=False)
+    m.learn(total_steps=400, progress_bar=False)
     replay = SequenceReplay(100, 4, 6, m.obs_conv, ((1, 16), (1, 16)))
     writer = SequenceWriter(replay, 1, m.obs_conv, 2)
-    env = m._make_env(1)
+    env = m.make_env(1)
     obs, _ = env.reset(seed=0)
     state, first = m.policy.initial_state(1), torch.ones(1, dtype=torch.bool)
     while len(replay) < 8:
@@ -161,11 +162,84 @@ def test_burn_in_carries_no_gradient_and_priorities_update() -> None:
     grad = batch.obs.grad.abs().sum(dim=(1, 2, 3))  # [W + 1]
     assert (grad[:4] == 0).all(), "burn-in steps carry no gradient"
     assert grad[4:-1].sum() > 0
-    # Priorities: eta * max|delta| + (1 - eta) * mean|delta| replace the initial max priority.
+    # The learner step writes eta * max|delta| + (1 - eta) * mean|delta| computed by hand (below).
     assert (replay.priorities[:8] == 1.0).all()
-    replay.update_priorities(batch.indices, prio.numpy())
-    assert np.allclose(replay.priorities[batch.indices], prio.numpy())
-    assert replay.max_priority >= float(prio.max())
+    sampled = []
+    draw = replay.sample
+    replay.sample = lambda *a: sampled.append(draw(*a)) or sampled[-1]
+    before = (copy.deepcopy(m.policy), copy.deepcopy(m.target))
+    m._update(replay)
+    want = _priorities_by_hand(m.config, *before, sampled[0])
+    np.testing.assert_allclose(replay.priorities[sampled[0].indices], want, rtol=1e-4, atol=1e-6)
+    assert replay.max_priority >= float(want.max())
+
+
+def _priorities_by_hand(cfg, online, target, batch) -> np.ndarray:
+    """The R2D2 TD error of a batch, written out independently of the learner: one unroll of the whole
+    window from the stored state (so burn-in is just the first steps), the online network choosing the
+    bootstrap action and the target network valuing it (double Q), n-step returns under value rescaling."""
+    L = cfg.burn_in
+    with torch.no_grad():
+        q_on = online.unroll(batch.obs, batch.state0, batch.is_first)[0][L:]
+        q_tg = target.unroll(batch.obs, batch.state0, batch.is_first)[0][L:]
+    q_next = inverse_value_rescale(q_tg.gather(-1, q_on.argmax(-1, keepdim=True)).squeeze(-1))
+    G = n_step_targets(batch.rewards[L:], batch.terminated[L:], batch.valid[L:], q_next, cfg.gamma, cfg.n_step)
+    q_taken = q_on[:-1].gather(-1, batch.actions[L:].unsqueeze(-1)).squeeze(-1)
+    mask = batch.valid[L:].float()
+    d = ((value_rescale(G) - q_taken) * mask).abs()
+    return (cfg.priority_eta * d.max(0).values + (1 - cfg.priority_eta) * d.sum(0) / mask.sum(0).clamp(min=1)).numpy()
+
+
+def _actor_batch(m: R2D2, n: int = 16):
+    """A replay filled by the model's own collector-driven actors, and one sampled batch of it."""
+    m._start_actors()
+    col = m.collector
+    while len(m.replay) < n:
+        obs, state, first = col.obs, col.state, col.is_first
+        with torch.no_grad():
+            dist, new_state = m.policy.act(obs, state, first, 0.3)
+        action = dist.sample()
+        step = col.step(action, new_state)
+        m.writer.add(np.flatnonzero(step.valid), obs, state, action, step.reward, step.terminated,
+                     step.truncated, first, col.obs)
+    return m.replay.sample(n, 0.6, m.device)
+
+
+def test_learner_uses_burn_in_and_double_q() -> None:
+    """Catches a learner that trains from the stale stored state (skipping burn-in) and double Q whose
+    bootstrap action is picked by the target network."""
+    m = R2D2(**{**TINY, "burn_in": 3, "seq_len": 4, "overlap": 1})
+    m.learn(total_steps=400, progress_bar=False)  # the online network moves away from the target
+    with torch.no_grad():
+        for p in m.target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    batch = _actor_batch(m)
+    assert any(s.abs().sum() > 0 for s in batch.state0), "windows start from stored, non-zero states"
+    _, prio, _ = m._loss(batch)
+    np.testing.assert_allclose(prio.numpy(), _priorities_by_hand(m.config, m.policy, m.target, batch),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_writer_keeps_truncation_apart_from_termination() -> None:
+    """One env, episodes of 3 steps: the first truncated, the second terminated. The replay must bootstrap
+    the truncated one (terminated false) and not the terminated one."""
+    conv = ObsConverter(gym.spaces.Box(-np.inf, np.inf, (1,), np.float32))
+    replay = SequenceReplay(10, 0, 8, conv, ((1, 1),))
+    writer = SequenceWriter(replay, 1, conv, 0)
+    t, first = 0, True
+    for k in range(8):  # steps 3 and 7 are autoreset steps (skipped, as the collector marks them invalid)
+        if k in (3, 7):
+            t, first = 0, True
+            continue
+        end = t == 2
+        writer.add(np.array([0]), torch.tensor([[float(t)]]), (torch.zeros(1, 1, 1),), torch.zeros(1, dtype=torch.long),
+                   np.array([1.0]), np.array([end and k > 3]), np.array([end and k < 3]), torch.tensor([first]),
+                   torch.tensor([[float(t + 1)]]))
+        t, first = t + 1, False
+    assert len(replay) == 2
+    assert replay.terminated[0, :3].tolist() == [False, False, False] and replay.valid[0, :3].all()
+    assert replay.terminated[1, :3].tolist() == [False, False, True]
+    assert replay.obs[0, 3].item() == 3.0, "the truncated episode's final observation is kept for its bootstrap"
 
 
 def test_save_load_gives_identical_q_values_and_states(tmp_path) -> None:
@@ -204,6 +278,25 @@ def test_cli_trains_evaluates_and_resumes(tmp_path, capsys) -> None:
     (run / "config.json").write_text(json.dumps(cfg))
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert json.loads((run / "summary.json").read_text())["env_steps"] >= 1200
+
+
+def test_dict_observations_train_through_learn() -> None:
+    m = R2D2(**{**TINY, "prev_action_reward": True, "learning_starts": 100})
+    assert isinstance(m.observation_space, gym.spaces.Dict)
+    m.learn(total_steps=300, progress_bar=False)
+    assert m.n_updates > 0 and m.num_timesteps == 300
+
+
+def test_learn_continues_and_callbacks_stop() -> None:
+    m = R2D2(**TINY)
+    m.learn(total_steps=400, progress_bar=False)
+    updates = m.n_updates
+    m.learn(total_steps=100, reset_num_timesteps=False, progress_bar=False)  # the replay is kept: no refill wait
+    assert m.num_timesteps == 500 and m.n_updates > updates
+    seen = []
+    m.learn(total_steps=400, callback=lambda model: seen.append(model.num_timesteps) or len(seen) < 3,
+            progress_bar=False)
+    assert seen == [4, 8, 12]
 
 
 def test_bad_options_are_clear_errors(capsys) -> None:

@@ -1,13 +1,10 @@
-"""What every algorithm that trains a recurrent policy shares: acting, saving, loading, resuming.
-
-``PolicyModel`` is acting (``predict`` with SB3's signature, actions to env actions, snapshots);
-``Algorithm`` adds construction from a config, the run-directory format and resuming, once.
-"""
+"""What every algorithm shares, written once: construction, acting, the learn API, saving, loading, resuming."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,38 +25,92 @@ from recurl.checkpoint import (
     space_to_json,
     write_json,
 )
+from recurl.collector import env_action
 from recurl.envs import make_vec_env
 from recurl.errors import RecurlError
-from recurl.nn.policy import RecurrentPolicy
-from recurl.obs import ObsConverter
+from recurl.nn.recurrent import State
+from recurl.obs import ObsConverter, check_is_first, check_state
 from recurl.util import pick_device, set_seed, set_threads
 
+Callback = Callable[[Any], Any]
+"""Called as ``callback(model)`` after every update (PPO: each rollout's update; R2D2: each vector-env
+step; BC: each epoch); returning ``False`` stops training."""
 
-class PolicyModel:
-    """Mixin for algorithms with ``policy``, ``device``, ``obs_conv`` and ``action_space`` attributes."""
 
-    policy: RecurrentPolicy
-    device: torch.device
+def build_config(cfg_cls: type, overrides: dict[str, Any]) -> Any:
+    """Instantiate ``cfg_cls`` from a dict whose ``policy`` entry may itself be a dict of fields."""
+    overrides = dict(overrides)
+    pol = overrides.pop("policy", None)
+    try:
+        cfg = cfg_cls(**overrides)
+        if pol:
+            pol = {k: tuple(v) if isinstance(v, list) else v for k, v in pol.items()}
+            cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, **pol))
+    except TypeError as e:
+        raise RecurlError(f"bad {cfg_cls.__name__} option: {e}") from None
+    return cfg
+
+
+class Algorithm:
+    """What every algorithm shares: construction, acting (``predict``), learning, saving, loading, resuming.
+
+    The same API for PPO, R2D2 and BC (SB3's shape): ``Algo(env=None, config=None, **overrides)``,
+    ``learn(total_steps=None, callback=None, reset_num_timesteps=True, progress_bar=True, run_dir=None)``
+    (a second call continues training), ``predict``, ``save``, ``Algo.load``, ``Algo.resume``.
+
+    A subclass sets ``algo`` (the name in ``config.json``) and ``config_class``, and implements
+    ``_build(obs_space, action_space)`` (networks and optimizer), ``_train(run_dir, progress_bar,
+    callbacks)`` (the loop, until :meth:`_target` is reached), ``_algo_state()`` and ``_restore_algo(state)``
+    (what resuming needs beyond weights, optimizer and counters). ``_tensors`` / ``_load_tensors`` add
+    tensors beyond ``policy.*`` (e.g. PPO's reward statistics).
+    """
+
+    algo: ClassVar[str]
+    config_class: ClassVar[type]
+    #: config fields reset when a saved model is loaded (e.g. a teacher that is not needed to act)
+    load_overrides: ClassVar[dict[str, Any]] = {}
+    policy: Any
+    optimizer: torch.optim.Optimizer
     obs_conv: ObsConverter
+    observation_space: gym.Space
     action_space: gym.Space
+    device: torch.device
+    num_timesteps: int = 0
+    n_updates: int = 0
+    #: ``(first, last)`` value of the step counter in the current learn call (resume continues it)
+    _span: tuple[int, int] = (0, 0)
 
-    def _env_action(self, action: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Policy actions -> env actions: Box actions clipped to bounds, discrete ones shifted by ``start``."""
-        a = action.cpu().numpy() if isinstance(action, torch.Tensor) else action
-        space = self.action_space
-        if isinstance(space, gym.spaces.Box):
-            return np.clip(a, space.low, space.high)
-        if isinstance(space, gym.spaces.Discrete):
-            return a + space.start if space.start else a
-        if isinstance(space, gym.spaces.MultiDiscrete) and space.start.any():
-            return a + space.start
-        return a
+    def __init__(self, env: str | None = None, config: Any = None, **overrides: Any) -> None:
+        cfg = config or self.config_class()
+        if env is not None:
+            overrides["env"] = env
+        try:
+            if isinstance(overrides.get("policy"), dict):
+                overrides["policy"] = dataclasses.replace(cfg.policy, **overrides["policy"])
+            self.config = dataclasses.replace(cfg, **overrides)
+        except TypeError as e:
+            raise RecurlError(f"unknown {self.algo.upper()} option: {e}") from None
+        self._prepare()
+        self.device = pick_device(self.config.device)
+        set_threads(self.config.threads)
+        set_seed(self.config.seed)
+        probe = self.make_env(1)
+        self.observation_space = probe.single_observation_space
+        self.action_space = probe.single_action_space
+        probe.close()
+        self._check_spaces()
+        self._build(self.observation_space, self.action_space)
 
-    def _act(self, obs: Any, state: tuple, is_first: torch.Tensor) -> tuple[Any, tuple]:
+    # -- acting ------------------------------------------------------------------------------------------
+    @property
+    def action_delay(self) -> int:
+        """Steps between choosing an action and executing it (behaviour cloning's ``action_delay``; else 0)."""
+        return int(getattr(self.config, "action_delay", 0))
+
+    def _act(self, obs: Any, state: State, is_first: torch.Tensor) -> tuple[Any, State]:
         """One acting step of the policy (a hook: R2D2 passes its exploration epsilon)."""
         return self.policy.act(obs, state, is_first)
 
-    # -- acting ------------------------------------------------------------------------------------------
     def predict(
         self,
         observation: Any,
@@ -73,73 +124,69 @@ class PolicyModel:
             observation: one observation (shape of the observation space) or a batch ``[N, ...]``.
             state: the state returned by the previous call (``None``: zero state, episode start).
             episode_start: ``[N]`` bools, true where ``observation`` starts a new episode.
-        Returns ``(action, state)``: actions ``[N, ...]`` (or one action for an unbatched observation)
-        and the new state, a tuple of ``[layers, N, H]`` float32 arrays.
+        Returns ``(action, state)``: actions ``[N, ...]`` (or one action for an unbatched observation) and
+        the new state, the actor's tensors as float32 arrays ``[layers, N, H]`` (named by
+        ``policy.act_state_names``; the same state as :meth:`recurl.Agent.act` and the ONNX graph carry).
+        A model with an ``action_delay`` returns the action chosen now, to be executed that many steps
+        later (:class:`recurl.Agent` and evaluation run the delay queue for you).
         """
         obs, n, batched = self.obs_conv.from_user(observation, self.device)
         if state is None:
-            torch_state = self.policy.initial_state(n, self.device)
+            torch_state = self.policy.initial_act_state(n, self.device)
         else:
-            torch_state = tuple(torch.as_tensor(s, dtype=torch.float32, device=self.device) for s in state)
-            expect = [(L, n, H) for L, _, H in self._state_shapes()]
-            if [tuple(s.shape) for s in torch_state] != expect:
-                raise RecurlError(f"state shapes {[tuple(s.shape) for s in torch_state]} do not match {n} "
-                                  f"observation(s): expected {expect}; pass the state returned by the previous "
-                                  "predict call, or None")
+            shapes = [(s.shape[0], s.shape[2]) for s in self.policy.initial_act_state(1, "cpu")]
+            torch_state = tuple(torch.as_tensor(s, device=self.device) for s in check_state(state, shapes, n))
         if episode_start is None:
             is_first = torch.full((n,), state is None, dtype=torch.bool, device=self.device)
         else:
-            is_first = torch.as_tensor(np.asarray(episode_start, bool).reshape(n), device=self.device)
+            is_first = torch.as_tensor(check_is_first(episode_start, n, "episode_start"), device=self.device)
         with torch.inference_mode():
             dist, new_state = self._act(obs, torch_state, is_first)
             action = dist.mode() if deterministic else dist.sample()
-        a = self._env_action(action)
+        a = env_action(self.action_space, action)
         return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
 
-    def _state_shapes(self) -> list[tuple[int, int, int]]:
-        if not hasattr(self, "_shapes"):
-            self._shapes = [tuple(s.shape) for s in self.policy.initial_state(1, "cpu")]
-        return self._shapes
-
-    def copy_policy(self) -> RecurrentPolicy:
+    def copy_policy(self) -> Any:
         """A frozen copy of the current policy (e.g. a teacher or a snapshot for evaluation)."""
         return copy.deepcopy(self.policy).eval().requires_grad_(False)
 
+    # -- learning ----------------------------------------------------------------------------------------
+    def learn(self, total_steps: int | None = None, callback: Callback | list[Callback] | None = None,
+              reset_num_timesteps: bool = True, progress_bar: bool = True,
+              run_dir: str | Path | None = None) -> Any:
+        """Train for ``total_steps`` more env steps (default: the config's ``total_steps``).
 
-class Algorithm(PolicyModel):
-    """Construction, saving, loading and resuming, shared by every algorithm that trains a policy.
+        A second call continues training from where the first stopped (weights, optimizer, normalisers,
+        episodes in flight). ``reset_num_timesteps=False`` also continues the step counter (and so the
+        x-axis of the logs); ``True`` (SB3's default) restarts it at 0. ``callback`` (or a list of them)
+        runs after every update; returning ``False`` stops. ``run_dir`` receives logs and checkpoints.
+        """
+        steps = check_budget(self.config.total_steps if total_steps is None else total_steps)
+        if reset_num_timesteps:
+            self.num_timesteps = 0
+        self.config = dataclasses.replace(self.config, total_steps=steps)  # config.json records the budget
+        self._span = (self.num_timesteps, self.num_timesteps + steps)
+        self._train(run_dir, progress_bar, as_callbacks(callback), fresh=reset_num_timesteps)
+        return self
 
-    A subclass sets ``algo`` (the name in ``config.json``) and ``config_class``, and implements
-    ``_build(obs_space, action_space)`` (networks and optimizer), ``learn(run_dir=, progress=)``,
-    ``_trainer_state()`` and ``_restore(state)`` (what resuming needs beyond the weights).
-    ``_tensors`` / ``_load_tensors`` add tensors beyond ``policy.*`` (e.g. PPO's reward statistics).
-    """
+    def _budget(self) -> int:
+        """The length of a learn call's span, from the config (what a resumed run continues to)."""
+        return int(self.config.total_steps)
 
-    algo: ClassVar[str]
-    config_class: ClassVar[type]
-    #: config fields reset when a saved model is loaded (e.g. a teacher that is not needed to act)
-    load_overrides: ClassVar[dict[str, Any]] = {}
+    def _progress(self) -> float:
+        """Fraction of the current learn call done, in [0, 1] (learning-rate and clip schedules)."""
+        start, end = self._span
+        return min(1.0, max(0.0, (self.num_timesteps - start) / max(end - start, 1)))
 
-    def __init__(self, env: str | None = None, config: Any = None, **overrides: Any) -> None:
-        cfg = config or self.config_class()
-        if env is not None:
-            overrides["env"] = env
-        if isinstance(overrides.get("policy"), dict):
-            overrides["policy"] = dataclasses.replace(cfg.policy, **overrides["policy"])
-        try:
-            self.config = dataclasses.replace(cfg, **overrides)
-        except TypeError as e:
-            raise RecurlError(f"unknown {self.algo.upper()} option: {e}") from None
-        self._prepare()
-        self.device = pick_device(self.config.device)
-        set_threads(self.config.threads)
-        set_seed(self.config.seed)
-        probe = self._make_env(1)
-        self.observation_space = probe.single_observation_space
-        self.action_space = probe.single_action_space
-        probe.close()
-        self._check_spaces()
-        self._build(self.observation_space, self.action_space)
+    def _train(self, run_dir: str | Path | None, progress_bar: bool, callbacks: list[Callback],
+               fresh: bool) -> None:
+        """The training loop, from ``num_timesteps`` up to ``_span[1]``; ``fresh`` restarts the envs."""
+        raise NotImplementedError
+
+    def make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
+        """``n`` copies of the config's env as one vector env (NEXT_STEP autoreset)."""
+        cfg = self.config
+        return make_vec_env(cfg.env, n, cfg.env_kwargs, getattr(cfg, "prev_action_reward", False), render_mode)
 
     # -- hooks -----------------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -147,10 +194,6 @@ class Algorithm(PolicyModel):
 
     def _check_spaces(self) -> None:
         """Runs once the env's spaces are known, before the networks are built."""
-
-    def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
-        cfg = self.config
-        return make_vec_env(cfg.env, n, cfg.env_kwargs, getattr(cfg, "prev_action_reward", False), render_mode)
 
     def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
         raise NotImplementedError
@@ -162,10 +205,21 @@ class Algorithm(PolicyModel):
         self.policy.load_state_dict(_strip(tensors, "policy."))
 
     def _trainer_state(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Everything resuming needs beyond the weights: optimizer, counters, the learn call's span."""
+        return {"optimizer": self.optimizer.state_dict(), "num_timesteps": self.num_timesteps,
+                "n_updates": self.n_updates, "span": list(self._span), **self._algo_state()}
 
     def _restore(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+        self._span = (int(state["span"][0]), int(state["span"][1]))
+        self._restore_algo(state)
+
+    def _algo_state(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_algo(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_algo_state` saved."""
 
     # -- persistence -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -179,7 +233,7 @@ class Algorithm(PolicyModel):
             "config": dataclasses.asdict(self.config),
             "observation_space": space_to_json(self.observation_space),
             "action_space": space_to_json(self.action_space),
-            "state_shapes": [list(s.shape) for s in self.policy.initial_state(1, "cpu")],
+            "state_shapes": [list(s.shape) for s in self.policy.initial_act_state(1, "cpu")],
             "versions": {"recurl": __version__, "torch": torch.__version__, "gymnasium": gym.__version__},
         })
 
@@ -192,8 +246,6 @@ class Algorithm(PolicyModel):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", **overrides: Any) -> Any:
         """Load a saved model directory (safetensors + JSON; no code from the files is executed)."""
-        from recurl.algos import build_config
-
         path = Path(path)
         meta = read_json(path / CONFIG_FILE)
         if meta.get("algo") != cls.algo:
@@ -221,7 +273,7 @@ class Algorithm(PolicyModel):
         """Runs on a loaded model before ``_build`` (set attributes ``__init__`` would have set)."""
 
     @classmethod
-    def resume(cls, run_dir: str | Path, progress: bool = True) -> Any:
+    def resume(cls, run_dir: str | Path, progress: bool = True, total_steps: int | None = None) -> Any:
         """Continue a killed run from its last checkpoint up to its configured budget.
 
         Envs restart fresh episodes (env state is not saved); weights, optimizer, normalisers, counters
@@ -236,7 +288,31 @@ class Algorithm(PolicyModel):
             torch.set_rng_state(state["torch_rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise RecurlError(f"trainer state in {run_dir} does not fit this run ({e}): start a new run") from None
-        return self.learn(run_dir=run_dir, progress=progress)
+        if total_steps is not None:  # extend (never shorten) the run's budget
+            if not hasattr(self.config, "total_steps"):
+                raise RecurlError(f"--total-steps does not apply to a {cls.algo} run (it counts no env steps)")
+            if check_budget(total_steps) < self.num_timesteps:
+                raise RecurlError(f"--total-steps {total_steps} is below the {self.num_timesteps} steps already "
+                                  f"done in {run_dir}")
+            self.config = dataclasses.replace(self.config, total_steps=int(total_steps) - self._span[0])
+        self._span = (self._span[0], self._span[0] + self._budget())
+        self._train(run_dir, progress, [], fresh=True)
+        return self
+
+
+def check_budget(steps: Any, minimum: int = 1) -> int:
+    """A ``learn`` budget must be an integer ``>= minimum``; anything else (``-100``, ``1.5``, ``True``) is a
+    :class:`RecurlError`, not a silent no-op."""
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < minimum:
+        raise RecurlError(f"total_steps must be an integer >= {minimum}, got {steps!r}")
+    return int(steps)
+
+
+def as_callbacks(callback: Callback | list[Callback] | None) -> list[Callback]:
+    """``None``, one callback or a list of them -> a list."""
+    if callback is None:
+        return []
+    return list(callback) if isinstance(callback, list | tuple) else [callback]
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -1,7 +1,6 @@
 """Recurrent behaviour cloning: maximum likelihood of a dataset's actions by truncated BPTT over chunks.
 
-Reading order: config -> the delay shift -> the chunk streamer -> the action-delay env wrapper -> the
-user-facing class.
+Reading order: config -> the delay shift -> the chunk streamer -> the user-facing class.
 
 How memory is handled, in one place:
 - Training pairs come from whole episodes (:mod:`recurl.data.trajectories`). Each of the ``batch_size``
@@ -17,7 +16,8 @@ How memory is handled, in one place:
 
 Action delay ``D`` (as in Melee imitation): the model sees observation ``t`` and predicts the action
 taken ``D`` steps later, ``a[t + D]``; at run time the action computed from observation ``t`` is executed
-at step ``t + D`` (:class:`ActionDelay`; the first ``D`` steps of an episode execute a default action).
+at step ``t + D`` (:class:`recurl.collector.ActionQueue`, run by evaluation, :class:`recurl.Agent` and
+the ONNX runtime; the first ``D`` steps of an episode execute a default action).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from recurl.algos.base import Algorithm
+from recurl.algos.base import Algorithm, Callback, as_callbacks, check_budget
+from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, POSITIVE, Range, Ranges, check_config
 from recurl.data.trajectories import Episode, ObsArray, TrajectoryDataset, dataset_env, load_dataset
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
@@ -87,25 +88,25 @@ class BCConfig:
     checkpoint_every: int = 5
     """Save a resumable checkpoint every this many epochs."""
     device: str = "auto"
-    """cpu, cuda or auto (cuda when available)."""
+    """auto (cuda when available), cpu, cuda or cuda:N."""
     threads: int = 0
     """Torch CPU threads (0: one)."""
 
-    def __post_init__(self) -> None:
-        def bad(msg: str) -> None:
-            raise RecurlError(f"bad BC option: {msg}")
+    RANGES: ClassVar[Ranges] = {
+        "chunk_len": AT_LEAST_1, "batch_size": AT_LEAST_1, "action_delay": AT_LEAST_0,
+        "val_fraction": Range(0, 1, hi_open=True), "max_epochs": AT_LEAST_1, "max_steps": AT_LEAST_0,
+        "patience": AT_LEAST_1, "learning_rate": POSITIVE, "weight_decay": AT_LEAST_0, "max_grad_norm": POSITIVE,
+        "seed": AT_LEAST_0, "eval_episodes": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "device": DEVICE,
+        "threads": AT_LEAST_0,
+    }
 
-        if self.chunk_len < 1 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
-            bad("chunk_len, batch_size, max_epochs and patience must be >= 1")
-        if self.action_delay < 0 or self.max_steps < 0 or self.checkpoint_every < 1:
-            bad("action_delay and max_steps must be >= 0, checkpoint_every >= 1")
-        if not 0.0 <= self.val_fraction < 1.0:
-            bad(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+    def __post_init__(self) -> None:
+        check_config(self)
         if self.dataset and not self.env:
             # Resolved here, once, so the run name, config.json and evaluation all see the real env.
             env, kwargs = dataset_env(self.dataset)
             if env is None:
-                bad(f"the dataset {self.dataset} names no env: pass --env ID")
+                raise RecurlError(f"the dataset {self.dataset} names no env: pass --env ID")
             object.__setattr__(self, "env", env)
             object.__setattr__(self, "env_kwargs", {**kwargs, **self.env_kwargs})
 
@@ -213,49 +214,8 @@ def stream_unroll(policy: RecurrentPolicy, stream: Stream, chunk_len: int) -> It
     for t0 in range(0, stream.length, chunk_len):
         chunk = stream.window(t0, t0 + chunk_len)
         dist, _, state = policy.unroll(chunk.obs, state, chunk.is_first)
-        state = tuple(s.detach() for s in state)
+        state = state.map(torch.Tensor.detach)
         yield chunk, dist
-
-
-# ---------------------------------------------------------------------------------------------------
-# Running a delayed policy in an env
-# ---------------------------------------------------------------------------------------------------
-class ActionDelay(gym.vector.VectorWrapper):
-    """Execute every action ``delay`` steps after it was chosen (the run-time side of BC's action delay).
-
-    The action passed at episode step ``t`` runs at step ``t + delay``; the first ``delay`` steps of each
-    episode run ``default`` (the space's lowest action: 0 for Discrete, zeros clipped into a Box). Works
-    with NEXT_STEP autoreset: a sub-env that resets starts its new episode with a fresh pipeline.
-    """
-
-    def __init__(self, env: gym.vector.VectorEnv, delay: int) -> None:
-        super().__init__(env)
-        space = env.single_action_space
-        if isinstance(space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
-            default = np.asarray(space.start, space.dtype)
-        elif isinstance(space, gym.spaces.Box):
-            default = np.clip(np.zeros(space.shape, space.dtype), space.low, space.high)
-        else:
-            raise RecurlError(f"action delay needs a Discrete, MultiDiscrete or Box action space, not {space}")
-        self.delay = delay
-        self._default = default
-        self._queue = np.broadcast_to(default, (delay, env.num_envs, *default.shape)).copy()
-        self._autoreset = np.zeros(env.num_envs, bool)
-
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(**kwargs)
-        self._queue[:] = self._default
-        self._autoreset[:] = False
-        return obs, info
-
-    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        actions = np.asarray(actions, self._queue.dtype).reshape(self._queue.shape[1:])
-        executed = self._queue[0].copy()
-        self._queue = np.concatenate([self._queue[1:], actions[None]])
-        obs, reward, term, trunc, info = self.env.step(executed)
-        self._queue[:, self._autoreset] = self._default  # these sub-envs just began a new episode
-        self._autoreset = np.logical_or(term, trunc)
-        return obs, reward, term, trunc, info
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -265,14 +225,16 @@ class BehaviourCloning(Algorithm):
     """Recurrent behaviour cloning with the same run-directory, loading and evaluation API as PPO.
 
     Args:
+        env: the env to evaluate in (default: the dataset's), replacing the config's ``env``.
         config: a :class:`BCConfig` (``dataset`` is required); keyword ``overrides`` replace its fields.
+
+    ``learn(total_steps)`` counts gradient steps, not env steps (cloning takes none): it trains for up to
+    ``max_epochs`` more epochs, ``total_steps`` more gradient steps (default: ``max_steps``, 0 = no limit)
+    or until the held-out loss stops improving for ``patience`` epochs, and keeps the best weights.
     """
 
     algo = "bc"
     config_class = BCConfig
-
-    def __init__(self, config: BCConfig | None = None, **overrides: Any) -> None:
-        super().__init__(None, config, **overrides)
 
     def _prepare(self) -> None:
         if not self.config.dataset:
@@ -288,10 +250,6 @@ class BehaviourCloning(Algorithm):
     def _loaded(self) -> None:
         self._data = None  # the dataset is only needed to train
 
-    def _make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
-        env = super()._make_env(n, render_mode)
-        return ActionDelay(env, self.config.action_delay) if self.config.action_delay > 0 else env
-
     def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
         self.policy = RecurrentPolicy(obs_space, action_space, self.config.policy).to(self.device)
         self.obs_conv = ObsConverter(obs_space)
@@ -303,6 +261,7 @@ class BehaviourCloning(Algorithm):
         self.best_val = math.inf
         self.bad_epochs = 0
         self._best: dict[str, torch.Tensor] | None = None
+        self._step_limit = 0  # n_updates at which the current learn call stops (0: none)
 
     # -- data --------------------------------------------------------------------------------------------
     def _split(self) -> tuple[list[tuple[ObsArray, np.ndarray]], list[tuple[ObsArray, np.ndarray]]]:
@@ -347,7 +306,7 @@ class BehaviourCloning(Algorithm):
                 if discrete:
                     same = (dist.mode() == chunk.actions).reshape(*mask.shape, -1).all(-1)
                     hits += float((same.float() * mask).sum())
-                if train and 0 < cfg.max_steps <= self.n_updates:
+                if train and 0 < self._step_limit <= self.n_updates:
                     break
         out = {"loss": nll_sum / max(count, 1.0), "samples": count}
         if discrete:
@@ -355,8 +314,27 @@ class BehaviourCloning(Algorithm):
         return out
 
     # -- the training loop ---------------------------------------------------------------------------------
-    def learn(self, run_dir: str | Path | None = None, progress: bool = True) -> BehaviourCloning:
-        """Train until ``max_epochs``, ``max_steps`` or early stopping; keep the best held-out weights."""
+    def learn(self, total_steps: int | None = None, callback: Callback | list[Callback] | None = None,
+              reset_num_timesteps: bool = True, progress_bar: bool = True,
+              run_dir: str | Path | None = None) -> BehaviourCloning:
+        """Train for up to ``max_epochs`` more epochs or ``total_steps`` more gradient steps (default: the
+        config's ``max_steps``, 0 = no limit), stopping early on the held-out loss; keep the best weights.
+
+        A second call continues from the current weights and optimizer (``reset_num_timesteps`` is
+        accepted for the common API; cloning takes no env steps). ``callback(model)`` runs after every
+        epoch; returning ``False`` stops.
+        """
+        steps = self.config.max_steps if total_steps is None else check_budget(total_steps)
+        self._span = (self.epoch, self.epoch + self.config.max_epochs)
+        self._step_limit = self.n_updates + int(steps) if steps else 0
+        self.bad_epochs = 0
+        self._train(run_dir, progress_bar, as_callbacks(callback), fresh=True)
+        return self
+
+    def _budget(self) -> int:
+        return int(self.config.max_epochs)
+
+    def _train(self, run_dir: str | Path | None, progress_bar: bool, callbacks: list[Callback], fresh: bool) -> None:
         cfg = self.config
         train, val = self._split()
         n_train = sum(len(a) for _, a in train)
@@ -364,10 +342,11 @@ class BehaviourCloning(Algorithm):
             stream = self._stream(train, np.arange(len(train)))
             self.policy.update_normalizer(stream.obs, stream.mask)
         val_stream = self._stream(val, np.arange(len(val))) if val else None
-        logger = RunLogger(run_dir, cfg.max_epochs * n_train, progress)
+        first, last = self._span
+        logger = RunLogger(run_dir, last * n_train, progress_bar)
         logger.start(self.epoch * n_train)
         try:
-            while self.epoch < cfg.max_epochs and self.bad_epochs < cfg.patience:
+            while self.epoch < last and self.bad_epochs < cfg.patience:
                 t0 = time.perf_counter()
                 order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(train))
                 tr = self._pass(self._stream(train, order), train=True)
@@ -389,7 +368,7 @@ class BehaviourCloning(Algorithm):
                 logger.log(self.epoch * n_train, logs)
                 if run_dir is not None and self.epoch % cfg.checkpoint_every == 0:
                     self.checkpoint(run_dir)
-                if 0 < cfg.max_steps <= self.n_updates:
+                if 0 < self._step_limit <= self.n_updates or any(cb(self) is False for cb in callbacks):
                     break
         finally:
             logger.close()
@@ -397,15 +376,13 @@ class BehaviourCloning(Algorithm):
             self.policy.load_state_dict(self._best)
         if run_dir is not None:
             self.checkpoint(run_dir)
-        return self
 
     # -- persistence -------------------------------------------------------------------------------------
-    def _trainer_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "n_updates": self.n_updates,
-                "best_val": self.best_val, "bad_epochs": self.bad_epochs, "best": self._best}
+    def _algo_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "best_val": self.best_val, "bad_epochs": self.bad_epochs, "best": self._best,
+                "step_limit": self._step_limit}
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.n_updates = int(state["epoch"]), int(state["n_updates"])
+    def _restore_algo(self, state: dict[str, Any]) -> None:
+        self.epoch, self._step_limit = int(state["epoch"]), int(state["step_limit"])
         self.best_val, self.bad_epochs = float(state["best_val"]), int(state["bad_epochs"])
         self._best = state["best"]

@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from recurl.algos.base import Algorithm
+from recurl.algos.base import Algorithm, Callback, build_config
+from recurl.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_json, space_from_json
+from recurl.collector import Collector
+from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, Ranges, check_config
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import RunningNorm
-from recurl.nn.policy import PolicyConfig, RecurrentPolicy
-from recurl.nn.recurrent import State
+from recurl.nn.policy import ActorCriticState, PolicyConfig, RecurrentPolicy
 from recurl.obs import ObsConverter
 
 
@@ -103,25 +104,32 @@ class PPOConfig:
     checkpoint_every: int = 25
     """Save a resumable checkpoint every this many updates."""
     device: str = "auto"
-    """cpu, cuda or auto (cuda when available)."""
+    """auto (cuda when available), cpu, cuda or cuda:N."""
     threads: int = 0
     """Torch CPU threads (0: one, fastest for small networks; raise it for image encoders)."""
+
+    RANGES: ClassVar[Ranges] = {
+        "num_envs": AT_LEAST_1, "total_steps": AT_LEAST_1, "seed": AT_LEAST_0, "n_steps": AT_LEAST_1,
+        "seq_len": AT_LEAST_0, "batch_size": AT_LEAST_1, "n_epochs": AT_LEAST_1, "learning_rate": POSITIVE,
+        "gamma": DISCOUNT, "gae_lambda": UNIT, "clip_range": POSITIVE, "clip_range_vf": POSITIVE,
+        "ent_coef": AT_LEAST_0, "vf_coef": AT_LEAST_0, "max_grad_norm": POSITIVE, "target_kl": POSITIVE,
+        "kl_teacher": AT_LEAST_0, "eval_episodes": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "device": DEVICE,
+        "threads": AT_LEAST_0,
+    }
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
             raise RecurlError(f"bad PPO option: {msg}")
 
-        if self.num_envs < 1 or self.n_steps < 1 or self.total_steps < 1 or self.n_epochs < 1:
-            bad("num_envs, n_steps, total_steps and n_epochs must be >= 1")
-        if self.chunk_len < 1 or self.n_steps % self.chunk_len:
-            bad(f"seq_len ({self.seq_len}) must divide n_steps ({self.n_steps})")
+        check_config(self)
+        if self.n_steps % self.chunk_len:
+            bad(f"--seq-len ({self.seq_len}) must divide --n-steps ({self.n_steps})")
         if self.batch_size % self.chunk_len or self.batch_size < self.chunk_len:
-            bad(f"batch_size ({self.batch_size}) must be a multiple of seq_len ({self.chunk_len})")
+            bad(f"--batch-size ({self.batch_size}) must be a multiple of the sequence length --seq-len "
+                f"({self.chunk_len})")
         if self.batch_size > self.num_envs * self.n_steps:
-            bad(f"batch_size ({self.batch_size}) exceeds the rollout size num_envs * n_steps "
+            bad(f"--batch-size ({self.batch_size}) exceeds the rollout size --num-envs * --n-steps "
                 f"({self.num_envs * self.n_steps})")
-        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            bad("gamma must be in (0, 1] and gae_lambda in [0, 1]")
         if self.kl_teacher > 0 and not self.init_from:
             bad("--kl-teacher needs --init-from RUN_DIR (the teacher)")
 
@@ -192,19 +200,40 @@ class RolloutBuffer:
         self.valid = torch.zeros(T, B, dtype=torch.bool, **z)
         self.terminated = torch.zeros(T, B, dtype=torch.bool, **z)
         self.truncated = torch.zeros(T, B, dtype=torch.bool, **z)
-        self.chunk_states: list[State] = []
-        self.teacher_states: list[State] = []
+        self.chunk_states: list[ActorCriticState] = []
+        self.teacher_states: list[ActorCriticState] = []
 
 
-def _stack_states(chunk_states: list[State]) -> State:
+def _stack_states(chunk_states: list[ActorCriticState]) -> ActorCriticState:
     """Per-chunk states ``[layers, B, H]`` -> ``[layers, n_chunks * B, H]`` in sequence order."""
-    return tuple(torch.cat(parts, dim=1) for parts in zip(*chunk_states))
+    return ActorCriticState(*(tuple(torch.cat(parts, dim=1) for parts in zip(*(getattr(s, part) for s in chunk_states)))
+                              for part in ActorCriticState._fields))
 
 
 def _to_sequences(x: torch.Tensor, L: int) -> torch.Tensor:
     """``[n_steps, B, ...]`` -> ``[L, n_chunks * B, ...]``; sequence ``c * B + b`` is chunk c of env b."""
     T, B = x.shape[:2]
     return x.reshape(T // L, L, B, *x.shape[2:]).transpose(0, 1).reshape(L, (T // L) * B, *x.shape[2:])
+
+
+def load_policy(run_dir: str | Path, device: torch.device) -> RecurrentPolicy:
+    """The actor-critic of another run (PPO or BC: same network class), frozen, e.g. ``init_from``'s
+    weights and teacher. Only JSON and safetensors are read."""
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(meta, dict) or meta.get("algo") not in ("ppo", "bc"):
+        algo = meta.get("algo") if isinstance(meta, dict) else None
+        raise RecurlError(f"--init-from {run_dir}: a {algo!r} run has no actor-critic policy (use a ppo or bc run)")
+    try:
+        pcfg = build_config(PolicyConfig, {k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in meta["config"]["policy"].items()})
+        policy = RecurrentPolicy(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]),
+                                 pcfg)
+        policy.load_state_dict({k[7:]: v for k, v in load_weights(run_dir / MODEL_FILE).items()
+                                if k.startswith("policy.")})
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise RecurlError(f"--init-from {run_dir}: unreadable run ({e})") from None
+    return policy.to(device).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,15 +244,12 @@ class RecurrentPPO(Algorithm):
 
     Args:
         env: an env id (the config's ``env`` is replaced by it) or ``None`` to use ``config.env``.
-        config: a :class:`PPOConfig`; keyword ``overrides`` replace its fields.
+        config: a :class:`PPOConfig`; keyword ``overrides`` replace its fields (``policy`` may be a dict).
     """
 
     algo = "ppo"
     config_class = PPOConfig
     load_overrides = {"init_from": None, "kl_teacher": 0.0}  # a loaded model acts; it needs no teacher
-
-    def _loaded(self) -> None:
-        self.env = None
 
     def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
         cfg = self.config
@@ -233,55 +259,48 @@ class RecurrentPPO(Algorithm):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
         self.num_timesteps = 0
         self.n_updates = 0
+        self.collector: Collector | None = None
+        self.stats_history: dict[str, Any] | None = None
         self.teacher: RecurrentPolicy | None = None
         if cfg.init_from:
-            from recurl.runs import load_model
-
-            src = load_model(cfg.init_from, device=str(self.device))
+            src = load_policy(cfg.init_from, self.device)
             try:
-                self.policy.load_state_dict(src.policy.state_dict())
+                self.policy.load_state_dict(src.state_dict())
             except RuntimeError as e:
                 raise RecurlError(f"--init-from {cfg.init_from}: network or spaces differ ({e})") from None
             if cfg.kl_teacher > 0:
-                self.teacher = src.policy.eval().requires_grad_(False)
+                self.teacher = src
 
     # -- rollout -----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _collect(self, buf: RolloutBuffer, stats: EpisodeStats) -> None:
-        cfg, env, pol = self.config, self.env, self.policy
+    def _collect(self, buf: RolloutBuffer) -> None:
+        """Fill ``buf`` with ``n_steps`` steps of every env. The collector's state is ``(policy state,
+        teacher state)``: the teacher keeps its own memory of the same episodes."""
+        cfg, col, pol = self.config, self.collector, self.policy
         L = cfg.chunk_len
         buf.chunk_states, buf.teacher_states = [], []
         for t in range(cfg.n_steps):
+            state, t_state = col.state
             if t % L == 0:
-                buf.chunk_states.append(tuple(s.clone() for s in self._state))
-                if self.teacher is not None:
-                    buf.teacher_states.append(tuple(s.clone() for s in self._teacher_state))
-            obs = self.obs_conv.to_torch(self._obs, self.device)
-            self.obs_conv.write(buf.obs, t, obs)
-            buf.is_first[t] = self._is_first
-            buf.valid[t] = self._valid
-            if self.teacher is not None:  # the teacher keeps its own memory of the same episode
-                _, _, self._teacher_state = self.teacher.step(obs, self._teacher_state, self._is_first)
-            dist, value, self._state = pol.step(obs, self._state, self._is_first)
+                buf.chunk_states.append(state.map(torch.clone))
+                buf.teacher_states.append(t_state.map(torch.clone))
+            self.obs_conv.write(buf.obs, t, col.obs)
+            buf.is_first[t] = col.is_first
+            buf.valid[t] = torch.as_tensor(col.valid, device=self.device)
+            if self.teacher is not None:
+                _, _, t_state = self.teacher.step(col.obs, t_state, col.is_first)
+            dist, value, state = pol.step(col.obs, state, col.is_first)
             action = dist.sample()
             buf.actions[t] = action
             buf.logp[t] = dist.log_prob(action)
             buf.values[t] = value
-            next_obs, reward, term, trunc, info = env.step(self._env_action(action))
-            valid = self._valid_np
-            stats.add(reward, term, trunc, info, valid)
-            done = np.logical_or(term, trunc)
-            buf.rewards[t] = torch.as_tensor(self._scale_reward(reward, done, valid), device=self.device)
-            buf.terminated[t] = torch.as_tensor(term, device=self.device)
-            buf.truncated[t] = torch.as_tensor(trunc, device=self.device)
-            # The step after a done resets the env: its returned obs starts the next episode.
-            self._is_first = torch.as_tensor(~valid, device=self.device)
-            self._valid_np = ~done
-            self._valid = torch.as_tensor(self._valid_np, device=self.device)
-            self._obs = next_obs
+            step = col.step(action, (state, t_state))
+            done = np.logical_or(step.terminated, step.truncated)
+            buf.rewards[t] = torch.as_tensor(self._scale_reward(step.reward, done, step.valid), device=self.device)
+            buf.terminated[t] = torch.as_tensor(step.terminated, device=self.device)
+            buf.truncated[t] = torch.as_tensor(step.truncated, device=self.device)
         # Bootstrap value of the observation after the rollout; the state is not advanced by it.
-        obs = self.obs_conv.to_torch(self._obs, self.device)
-        _, buf.values[cfg.n_steps], _ = pol.step(obs, self._state, self._is_first)
+        _, buf.values[cfg.n_steps], _ = pol.step(col.obs, col.state[0], col.is_first)
 
     def _scale_reward(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Divide by the running std of the discounted return (SB3 VecNormalize's scheme)."""
@@ -295,9 +314,11 @@ class RecurrentPPO(Algorithm):
         return np.clip(r / std, -10.0, 10.0)
 
     # -- update ------------------------------------------------------------------------------------------
-    def _update(self, buf: RolloutBuffer, progress: float) -> dict[str, float]:
-        cfg, pol = self.config, self.policy
-        L, B = cfg.chunk_len, cfg.num_envs
+    def _sequences(self, buf: RolloutBuffer) -> tuple[dict[str, Any], ActorCriticState, ActorCriticState, torch.Tensor]:
+        """GAE over the rollout, then everything cut into ``[L, n_chunks * B]`` training sequences with the
+        states entering each chunk; also returns the returns ``[T, B]``."""
+        cfg = self.config
+        L = cfg.chunk_len
         adv, returns = compute_gae(buf.rewards, buf.values, buf.terminated, buf.truncated, buf.valid,
                                    cfg.gamma, cfg.gae_lambda)
         seq = {
@@ -310,8 +331,12 @@ class RecurrentPPO(Algorithm):
             "is_first": _to_sequences(buf.is_first, L),
             "valid": _to_sequences(buf.valid, L),
         }
-        states = _stack_states(buf.chunk_states)
-        teacher_states = _stack_states(buf.teacher_states) if self.teacher is not None else ()
+        return seq, _stack_states(buf.chunk_states), _stack_states(buf.teacher_states), returns
+
+    def _update(self, buf: RolloutBuffer, progress: float) -> dict[str, float]:
+        cfg, pol = self.config, self.policy
+        L, B = cfg.chunk_len, cfg.num_envs
+        seq, states, teacher_states, returns = self._sequences(buf)
         n_seq = (cfg.n_steps // L) * B
         clip = cfg.clip_range * (1.0 - progress if cfg.anneal_clip else 1.0)
         lr = cfg.learning_rate * (1.0 - progress if cfg.anneal_lr else 1.0)
@@ -325,8 +350,8 @@ class RecurrentPPO(Algorithm):
                 idx = perm[start : start + cfg.seqs_per_batch]
                 mb = seq if one_batch else {k: self.obs_conv.map(v, lambda x, idx=idx: x[:, idx]) if k == "obs"
                                             else v[:, idx] for k, v in seq.items()}
-                mb_states = states if one_batch else tuple(s[:, idx] for s in states)
-                mb_teacher = teacher_states if one_batch else tuple(s[:, idx] for s in teacher_states)
+                mb_states = states if one_batch else states.map(lambda s, idx=idx: s[:, idx])
+                mb_teacher = teacher_states if one_batch else teacher_states.map(lambda s, idx=idx: s[:, idx])
                 loss, stats = self._loss(mb, mb_states, mb_teacher, clip)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -356,7 +381,7 @@ class RecurrentPPO(Algorithm):
             "train/n_updates": self.n_updates,
         }
 
-    def _loss(self, mb: dict[str, Any], states: State, teacher_states: State,
+    def _loss(self, mb: dict[str, Any], states: ActorCriticState, teacher_states: ActorCriticState,
               clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO loss on a minibatch of sequences (every tensor ``[L, n, ...]``), masked to valid steps.
 
@@ -395,57 +420,53 @@ class RecurrentPPO(Algorithm):
         return loss, {k: v.detach() for k, v in stats.items()}
 
     # -- the training loop ---------------------------------------------------------------------------------
-    def learn(self, total_steps: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
-              callback: Callable[[RecurrentPPO], bool] | None = None) -> RecurrentPPO:
-        """Train until ``total_steps`` env steps in all (default: the config's), logging into ``run_dir``.
-
-        ``callback(model)`` runs after every update; returning ``False`` stops training early.
-        """
+    def _train(self, run_dir: str | Path | None, progress_bar: bool, callbacks: list[Callback], fresh: bool) -> None:
+        """Rollout + update until the span's end. Each update takes ``n_steps * num_envs`` env steps; the
+        last update never overshoots the span, except that a span shorter than one rollout gets one."""
         cfg = self.config
-        total = total_steps if total_steps is not None else cfg.total_steps
         steps_per_update = cfg.n_steps * cfg.num_envs
-        # Never more than total_steps, but at least one update when a budget below one rollout is left.
-        n_iters = (total - self.num_timesteps) // steps_per_update or int(self.num_timesteps < total)
-        self.env = self._make_env(cfg.num_envs)
-        self._obs, _ = self.env.reset(seed=cfg.seed + 7919 * self.n_updates)
-        self._state = self.policy.initial_state(cfg.num_envs, self.device)
-        if self.teacher is not None:
-            self._teacher_state = self.teacher.initial_state(cfg.num_envs, self.device)
-        self._is_first = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
-        self._valid_np = np.ones(cfg.num_envs, bool)
-        self._valid = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
-        self._ret = np.zeros(cfg.num_envs, np.float64)
+        start, end = self._span
+        if fresh or self.collector is None:
+            self._start_collector()
         buf = RolloutBuffer(cfg, self.obs_conv, tuple(self.action_space.shape or ()),
                             torch.float32 if isinstance(self.action_space, gym.spaces.Box) else torch.long,
                             self.device)
-        stats = self._stats = EpisodeStats(cfg.num_envs)
-        logger = RunLogger(run_dir, total, progress) if run_dir is not None else RunLogger(None, total, progress)
-        if getattr(self, "_episode_history", None):  # resumed: keep the recent-episode window
-            stats.load(self._episode_history)
+        logger = RunLogger(run_dir, end, progress_bar)
         logger.start(self.num_timesteps)
         try:
-            for _ in range(n_iters):
+            while self.num_timesteps + steps_per_update <= end or self.num_timesteps == start < end:
                 t0 = time.perf_counter()
-                self._collect(buf, stats)
+                progress = self._progress()
+                self._collect(buf)
                 self.num_timesteps += steps_per_update
                 t1 = time.perf_counter()
-                train_logs = self._update(buf, min(1.0, (self.num_timesteps - steps_per_update) / total))
+                train_logs = self._update(buf, progress)
                 t2 = time.perf_counter()
                 self.timing = {"collect_s": t1 - t0, "update_s": t2 - t1}  # the last iteration's phases
-                logs = {**stats.summary(), **train_logs, "time/fps": steps_per_update / (t2 - t0),
+                logs = {**self.collector.stats.summary(), **train_logs, "time/fps": steps_per_update / (t2 - t0),
                         **{f"time/{k}": v for k, v in self.timing.items()}}
                 logger.log(self.num_timesteps, logs)
                 if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
                     self.checkpoint(run_dir)
-                if callback is not None and callback(self) is False:
+                if any(cb(self) is False for cb in callbacks):
                     break
         finally:
             logger.close()
-            self.env.close()
-            self.env = None
         if run_dir is not None:
             self.checkpoint(run_dir)
-        return self
+
+    def _start_collector(self) -> None:
+        """Fresh envs and zero states (a resumed run restarts its episodes: env state is not saved)."""
+        cfg = self.config
+        if self.collector is not None:
+            self.collector.env.close()
+        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env)
+        if self.stats_history:  # resumed: keep the recent-episode window
+            self.collector.stats.load(self.stats_history)
+        teacher = self.teacher.initial_state(cfg.num_envs, self.device) if self.teacher else ActorCriticState((), ())
+        self.collector.reset(cfg.seed + 7919 * self.n_updates,
+                             (self.policy.initial_state(cfg.num_envs, self.device), teacher))
+        self._ret = np.zeros(cfg.num_envs, np.float64)
 
     # -- persistence -------------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -455,63 +476,8 @@ class RecurrentPPO(Algorithm):
         super()._load_tensors(tensors)
         self.reward_norm.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("reward_norm.")})
 
-    def _trainer_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "num_timesteps": self.num_timesteps,
-                "n_updates": self.n_updates, "episodes": self._stats.state()}
+    def _algo_state(self) -> dict[str, Any]:
+        return {"episodes": self.collector.stats.state() if self.collector else self.stats_history}
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
-        self._episode_history = state["episodes"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Episode statistics (SB3's rollout/ep_rew_mean over the last 100 episodes)
-# ---------------------------------------------------------------------------------------------------
-class EpisodeStats:
-    """Undiscounted returns, lengths and success flags of finished episodes, per env."""
-
-    def __init__(self, num_envs: int, window: int = 100) -> None:
-        self.ret = np.zeros(num_envs)
-        self.len = np.zeros(num_envs, np.int64)
-        self.window = window
-        self.returns: list[float] = []
-        self.lengths: list[int] = []
-        self.successes: list[float] = []
-        self.episodes = 0
-
-    def add(self, reward: np.ndarray, term: np.ndarray, trunc: np.ndarray, info: dict[str, Any],
-            valid: np.ndarray) -> None:
-        self.ret += np.where(valid, reward, 0.0)
-        self.len += valid
-        done = np.logical_or(term, trunc) & valid
-        if done.any():
-            success = info.get("success")
-            has_success = info.get("_success", np.zeros_like(done)) if success is not None else None
-            for i in np.flatnonzero(done):
-                self.returns.append(float(self.ret[i]))
-                self.lengths.append(int(self.len[i]))
-                if success is not None and has_success[i]:
-                    self.successes.append(float(success[i]))
-            self.episodes += int(done.sum())
-            self.ret[done], self.len[done] = 0.0, 0
-            del self.returns[: -self.window], self.lengths[: -self.window], self.successes[: -self.window]
-
-    def summary(self) -> dict[str, float]:
-        if not self.returns:
-            return {"rollout/episodes": 0}
-        out = {"rollout/ep_rew_mean": float(np.mean(self.returns)),
-               "rollout/ep_len_mean": float(np.mean(self.lengths)),
-               "rollout/episodes": self.episodes}
-        if self.successes:
-            out["rollout/success_rate"] = float(np.mean(self.successes))
-        return out
-
-    def state(self) -> dict[str, Any]:
-        return {"returns": self.returns, "lengths": self.lengths, "successes": self.successes,
-                "episodes": self.episodes}
-
-    def load(self, d: dict[str, Any]) -> None:
-        self.returns, self.lengths = list(d["returns"]), list(d["lengths"])
-        self.successes, self.episodes = list(d["successes"]), int(d["episodes"])
-
+    def _restore_algo(self, state: dict[str, Any]) -> None:
+        self.stats_history = state["episodes"]

@@ -30,21 +30,22 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from recurl.algos.base import Algorithm
-from recurl.algos.ppo import EpisodeStats
+from recurl.algos.base import Algorithm, Callback
+from recurl.collector import Collector
+from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, OneOf, Ranges, check_config
 from recurl.data.sequence_replay import SequenceBatch, SequenceReplay, SequenceWriter
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import Obs, ObsEncoder, mlp
 from recurl.nn.policy import ACTIVATIONS, NetworkConfig
-from recurl.nn.recurrent import RecurrentCore, State
+from recurl.nn.recurrent import State, make_core
 from recurl.obs import ObsConverter
 
 EXPLORATION = ("apex", "linear", "constant")
@@ -68,7 +69,7 @@ class QNetworkConfig(NetworkConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.hard_sigmoid and (self.core not in ("lstm", "gru") or self.num_layers != 1):
-            raise RecurlError("hard_sigmoid cells exist for a single lstm or gru layer only")
+            raise RecurlError("--hard-sigmoid cells exist for a single lstm or gru layer only (--num-layers 1)")
 
 
 @dataclass(frozen=True)
@@ -147,96 +148,35 @@ class R2D2Config:
     checkpoint_every: int = 2_000
     """Save a resumable checkpoint every this many learner updates."""
     device: str = "auto"
-    """cpu, cuda or auto (cuda when available)."""
+    """auto (cuda when available), cpu, cuda or cuda:N."""
     threads: int = 0
     """Torch CPU threads (0: one, fastest for small networks)."""
+
+    RANGES: ClassVar[Ranges] = {
+        "num_envs": AT_LEAST_1, "total_steps": AT_LEAST_1, "seed": AT_LEAST_0, "seq_len": AT_LEAST_1,
+        "overlap": AT_LEAST_0, "burn_in": AT_LEAST_0, "bptt": AT_LEAST_0, "n_step": AT_LEAST_1, "gamma": DISCOUNT,
+        "target_update_every": AT_LEAST_1, "priority_eta": UNIT, "priority_exponent": AT_LEAST_0,
+        "importance_beta": UNIT, "exploration": OneOf(EXPLORATION), "epsilon": UNIT, "epsilon_start": UNIT,
+        "epsilon_decay": POSITIVE, "apex_alpha": AT_LEAST_0, "replay_capacity": AT_LEAST_1,
+        "learning_starts": AT_LEAST_0, "batch_size": AT_LEAST_1, "train_every": AT_LEAST_1,
+        "gradient_steps": AT_LEAST_1, "learning_rate": POSITIVE, "adam_eps": POSITIVE, "max_grad_norm": AT_LEAST_0,
+        "eval_episodes": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "device": DEVICE, "threads": AT_LEAST_0,
+    }
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
             raise RecurlError(f"bad R2D2 option: {msg}")
 
-        if min(self.num_envs, self.total_steps, self.seq_len, self.n_step, self.batch_size, self.train_every,
-               self.gradient_steps, self.replay_capacity, self.target_update_every) < 1:
-            bad("num_envs, total_steps, seq_len, n_step, batch_size, train_every, gradient_steps, "
-                "replay_capacity and target_update_every must be >= 1")
-        if not 0 <= self.overlap < self.seq_len:
-            bad(f"overlap ({self.overlap}) must be in [0, seq_len) = [0, {self.seq_len})")
-        if self.burn_in < 0 or self.bptt < 0 or self.learning_starts < 0:
-            bad("burn_in, bptt and learning_starts must be >= 0")
-        if not 0 < self.gamma <= 1:
-            bad("gamma must be in (0, 1]")
-        if self.exploration not in EXPLORATION:
-            bad(f"exploration must be one of {', '.join(EXPLORATION)}, got {self.exploration!r}")
-        if not (0 <= self.epsilon <= 1 and 0 <= self.epsilon_start <= 1 and 0 <= self.priority_eta <= 1):
-            bad("epsilon, epsilon_start and priority_eta must be in [0, 1]")
+        check_config(self)
+        if self.overlap >= self.seq_len:
+            bad(f"--overlap ({self.overlap}) must be below --seq-len ({self.seq_len})")
+        if self.batch_size > self.replay_capacity:  # the learner would wait forever for a full batch
+            bad(f"--batch-size ({self.batch_size}) exceeds --replay-capacity ({self.replay_capacity})")
 
 
 # ---------------------------------------------------------------------------------------------------
 # The Q-network and its acting interface
 # ---------------------------------------------------------------------------------------------------
-def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """Keras 2.2's ``hard_sigmoid``: ``clip(0.2 x + 0.5, 0, 1)``."""
-    return (0.2 * x + 0.5).clamp(0.0, 1.0)
-
-
-class HardSigmoidCore(nn.Module):
-    """One Keras-2.2 LSTM or GRU layer with hard-sigmoid gates: the swamp-tour article's cells.
-
-    Same contract as :class:`~recurl.nn.recurrent.RecurrentCore` (state tensors ``[1, B, H]``, reset
-    at ``is_first`` inside the core). Keras initialisation: glorot-uniform kernels, orthogonal
-    recurrent kernels, zero biases, LSTM forget bias 1; the GRU is the ``reset_after=False`` variant
-    (the reset gate multiplies the state before the recurrent kernel). Slow path: a Python loop over
-    time, fine for the article's 32 units, not for speed.
-    """
-
-    def __init__(self, kind: str, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.kind, self.input_size, self.hidden_size, self.num_layers = kind, input_size, hidden_size, 1
-        gates = 4 if kind == "lstm" else 3  # Keras gate order: LSTM i, f, c, o; GRU z, r, h
-        self.kernel = nn.Parameter(nn.init.xavier_uniform_(torch.empty(input_size, gates * hidden_size)))
-        self.recurrent_kernel = nn.Parameter(nn.init.orthogonal_(torch.empty(hidden_size, gates * hidden_size)))
-        self.bias = nn.Parameter(torch.zeros(gates * hidden_size))
-        if kind == "lstm":
-            with torch.no_grad():
-                self.bias[hidden_size : 2 * hidden_size] = 1.0
-
-    @property
-    def n_state(self) -> int:
-        """2 for LSTM (h, c), 1 for GRU (h)."""
-        return 2 if self.kind == "lstm" else 1
-
-    def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
-        """Zero state: ``n_state`` tensors ``[1, batch, H]``."""
-        device = device if device is not None else self.kernel.device
-        return tuple(torch.zeros(1, batch, self.hidden_size, device=device) for _ in range(self.n_state))
-
-    def unroll(self, x: torch.Tensor, state0: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """``x[T, B, F]``, ``state0`` tensors ``[1, B, H]``, ``is_first[T, B]`` -> ``(y[T, B, H], state_T)``."""
-        H = self.hidden_size
-        xw = x @ self.kernel + self.bias  # [T, B, gates * H]: the input part of every gate at once
-        U = self.recurrent_kernel
-        h = state0[0][0]
-        c = state0[1][0] if self.kind == "lstm" else None
-        ys = []
-        for t in range(x.shape[0]):
-            keep = (~is_first[t]).to(x.dtype).unsqueeze(-1)
-            h = h * keep
-            if self.kind == "lstm":
-                c = c * keep
-                z = xw[t] + h @ U
-                i, f, g, o = hard_sigmoid(z[:, :H]), hard_sigmoid(z[:, H : 2 * H]), z[:, 2 * H : 3 * H], z[:, 3 * H :]
-                c = f * c + i * torch.tanh(g)
-                h = hard_sigmoid(o) * torch.tanh(c)
-            else:
-                zr = hard_sigmoid(xw[t, :, : 2 * H] + h @ U[:, : 2 * H])
-                z, r = zr[:, :H], zr[:, H:]
-                h_hat = torch.tanh(xw[t, :, 2 * H :] + (r * h) @ U[:, 2 * H :])
-                h = z * h + (1 - z) * h_hat
-            ys.append(h)
-        state = (h.unsqueeze(0), c.unsqueeze(0)) if self.kind == "lstm" else (h.unsqueeze(0),)
-        return torch.stack(ys), state
-
-
 class EpsilonGreedy:
     """The action "distribution" of a Q-network: ``mode()`` is argmax Q, ``sample()`` is epsilon-greedy.
 
@@ -248,6 +188,10 @@ class EpsilonGreedy:
 
     def mode(self) -> torch.Tensor:
         return self.q.argmax(-1)
+
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """What the ONNX graph returns beside the action: the Q-values ``[B, A]``."""
+        return {"q": self.q}
 
     def sample(self) -> torch.Tensor:
         greedy = self.mode()
@@ -267,11 +211,8 @@ class QNetwork(nn.Module):
         super().__init__()
         act = ACTIVATIONS[cfg.activation]
         self.encoder = ObsEncoder(obs_space, cfg.encoder_hidden, act, cfg.embed_dim)
-        if cfg.hard_sigmoid:
-            self.core: nn.Module = HardSigmoidCore(cfg.core, self.encoder.out_dim, cfg.hidden_size)
-        else:
-            self.core = RecurrentCore(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers,
-                                      cfg.forget_bias)
+        self.core = make_core(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers, cfg.forget_bias,
+                              cfg.hard_sigmoid)
         self.torso = mlp([cfg.hidden_size, *cfg.head_hidden], act)
         width = cfg.head_hidden[-1] if cfg.head_hidden else cfg.hidden_size
         self.advantage = nn.Linear(width, n_actions)
@@ -283,32 +224,30 @@ class QNetwork(nn.Module):
 
     initial_act_state = initial_state  # acting and learning use the same state
 
+    @property
+    def act_state_names(self) -> tuple[str, ...]:
+        """Names of the state's tensors: ``("h", "c")`` for LSTM, ``("h",)``, or ``()``."""
+        return self.core.state_names
+
+    def _q(self, y: torch.Tensor) -> torch.Tensor:
+        z = self.torso(y)
+        a = self.advantage(z)
+        return a if self.value is None else self.value(z) + a - a.mean(-1, keepdim=True)
+
     def unroll(self, obs: Obs, state: State, is_first: torch.Tensor, bptt: int = 0) -> tuple[torch.Tensor, State]:
         """``obs[T, B, ...]``, ``is_first[T, B]`` -> ``(q[T, B, A], state after the last step)``.
 
         ``bptt > 0`` detaches the state every ``bptt`` steps (truncated backpropagation through time).
         """
-        x = self.encoder(obs)
-        if bptt <= 0:
-            y, state = self.core.unroll(x, state, is_first)
-        else:
-            ys = []
-            for t0 in range(0, x.shape[0], bptt):
-                y, state = self.core.unroll(x[t0 : t0 + bptt], tuple(s.detach() for s in state),
-                                            is_first[t0 : t0 + bptt])
-                ys.append(y)
-            y = torch.cat(ys)
-        z = self.torso(y)
-        a = self.advantage(z)
-        q = a if self.value is None else self.value(z) + a - a.mean(-1, keepdim=True)
-        return q, state
+        y, state = self.core.unroll_truncated(self.encoder(obs), state, is_first, bptt)
+        return self._q(y), state
 
-    def act(self, obs: Obs, state: State, is_first: torch.Tensor, epsilon: float | torch.Tensor = 0.0
+    def act(self, obs: Obs, state: State, is_first: torch.Tensor | None, epsilon: float | torch.Tensor = 0.0
             ) -> tuple[EpsilonGreedy, State]:
-        """One step: ``obs[B, ...]``, ``is_first[B]`` -> (epsilon-greedy action distribution over ``[B]``, state)."""
-        obs1 = {k: v.unsqueeze(0) for k, v in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(0)
-        q, state = self.unroll(obs1, state, is_first.unsqueeze(0))
-        return EpsilonGreedy(q.squeeze(0), epsilon), state
+        """One step through the core's ``step``: ``obs[B, ...]``, ``is_first[B]`` -> (epsilon-greedy action
+        distribution over ``[B]``, state)."""
+        y, state = self.core.step(self.encoder(obs), state, is_first)
+        return EpsilonGreedy(self._q(y), epsilon), state
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,9 +317,6 @@ class R2D2(Algorithm):
     algo = "r2d2"
     config_class = R2D2Config
 
-    def _loaded(self) -> None:
-        self.env = None
-
     def _build(self, obs_space: gym.Space, action_space: gym.Space) -> None:
         if not isinstance(action_space, gym.spaces.Discrete):
             raise RecurlError(f"R2D2 needs a Discrete action space, {self.config.env} has {action_space}")
@@ -391,6 +327,8 @@ class R2D2(Algorithm):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
         self.num_timesteps = 0
         self.n_updates = 0
+        self.collector: Collector | None = None
+        self.stats_history: dict[str, Any] | None = None
 
     # -- exploration -------------------------------------------------------------------------------------
     def epsilons(self) -> torch.Tensor:
@@ -467,50 +405,37 @@ class R2D2(Algorithm):
         return logs
 
     # -- the training loop ---------------------------------------------------------------------------------
-    def learn(self, total_steps: int | None = None, run_dir: str | Path | None = None,
-              progress: bool = True) -> R2D2:
-        """Train for ``total_steps`` env steps (default: the config's), logging into ``run_dir``.
+    def _train(self, run_dir: str | Path | None, progress_bar: bool, callbacks: list[Callback], fresh: bool) -> None:
+        """Act, store sequences, learn, until the span's end (in steps of ``num_envs`` env steps).
 
-        The replay lives only inside this call: a resumed run refills it (``learning_starts`` steps).
+        The replay lives as long as the model object (a second learn call keeps it); a resumed run refills
+        it (``learning_starts`` steps) since the replay is not saved.
         """
         cfg = self.config
-        total = total_steps if total_steps is not None else cfg.total_steps
         N = cfg.num_envs
-        replay = SequenceReplay(cfg.replay_capacity, cfg.burn_in, cfg.seq_len, self.obs_conv,
-                                tuple((s.shape[0], s.shape[2]) for s in self.policy.initial_state(1, "cpu")),
-                                cfg.priority_exponent, cfg.stored_state, seed=cfg.seed + self.n_updates)
-        writer = SequenceWriter(replay, N, self.obs_conv, cfg.overlap)
-        self.env = env = self._make_env(N)
-        obs, _ = env.reset(seed=cfg.seed + 7919 * self.n_updates)
-        state = self.policy.initial_state(N, self.device)
-        is_first = torch.ones(N, dtype=torch.bool)
-        valid = np.ones(N, bool)  # false on NEXT_STEP autoreset steps
-        stats = self._stats = EpisodeStats(N)
-        if getattr(self, "_episode_history", None):  # resumed: keep the recent-episode window
-            stats.load(self._episode_history)
-        logger = RunLogger(run_dir, total, progress)
+        start, total = self._span
+        if fresh or self.collector is None:
+            self._start_actors()
+        col, replay, writer = self.collector, self.replay, self.writer
+        logger = RunLogger(run_dir, total, progress_bar)
         logger.start(self.num_timesteps)
-        log_every = max(N, total // 200)
-        start_steps, since_train, next_log = self.num_timesteps, 0, self.num_timesteps + log_every
+        log_every = max(N, (total - start) // 200)
+        since_train, next_log = 0, self.num_timesteps + log_every
         train_logs = {"train/loss": float("nan"), "train/q_mean": float("nan")}  # CSV columns from the first row
         t_log, steps_log = time.perf_counter(), self.num_timesteps
         try:
             while self.num_timesteps < total:
                 eps = self.epsilons()
-                obs_t = self.obs_conv.to_torch(obs, self.device)
+                obs, state, is_first = col.obs, col.state, col.is_first
                 with torch.inference_mode():
-                    dist, new_state = self.policy.act(obs_t, state, is_first.to(self.device), eps)
+                    dist, new_state = self.policy.act(obs, state, is_first, eps)
                     action = dist.sample()
-                next_obs, reward, term, trunc, info = env.step(self._env_action(action))
-                stats.add(reward, term, trunc, info, valid)
-                writer.add(np.flatnonzero(valid), _to_cpu(obs_t), tuple(s.cpu() for s in state), action.cpu(),
-                           reward, term, trunc, is_first, self.obs_conv.to_torch(next_obs, torch.device("cpu")))
-                obs, state = next_obs, new_state
-                is_first = torch.as_tensor(~valid)  # the observation an autoreset step returns starts an episode
-                valid = ~np.logical_or(term, trunc)
+                step = col.step(action, new_state)
+                writer.add(np.flatnonzero(step.valid), _to_cpu(obs), tuple(s.cpu() for s in state), action.cpu(),
+                           step.reward, step.terminated, step.truncated, is_first.cpu(), _to_cpu(col.obs))
                 self.num_timesteps += N
                 since_train += N
-                if self.num_timesteps - start_steps >= cfg.learning_starts and len(replay) >= cfg.batch_size:
+                if self.num_timesteps - self._actor_start >= cfg.learning_starts and len(replay) >= cfg.batch_size:
                     while since_train >= cfg.train_every:
                         since_train -= cfg.train_every
                         for _ in range(cfg.gradient_steps):
@@ -522,18 +447,32 @@ class R2D2(Algorithm):
                 if self.num_timesteps >= next_log or self.num_timesteps >= total:
                     now = time.perf_counter()
                     logger.log(self.num_timesteps, {
-                        **stats.summary(), **train_logs,
+                        **col.stats.summary(), **train_logs,
                         "train/epsilon_mean": float(eps.mean()), "train/n_updates": self.n_updates,
                         "replay/sequences": len(replay),
                         "time/fps": (self.num_timesteps - steps_log) / max(now - t_log, 1e-9)})
                     t_log, steps_log, next_log = now, self.num_timesteps, next_log + log_every
+                if any(cb(self) is False for cb in callbacks):
+                    break
         finally:
             logger.close()
-            env.close()
-            self.env = None
         if run_dir is not None:
             self.checkpoint(run_dir)
-        return self
+
+    def _start_actors(self) -> None:
+        """Fresh envs, zero states, an empty replay (``learning_starts`` counts from here)."""
+        cfg = self.config
+        if self.collector is not None:
+            self.collector.env.close()
+        self.replay = SequenceReplay(cfg.replay_capacity, cfg.burn_in, cfg.seq_len, self.obs_conv,
+                                     tuple((s.shape[0], s.shape[2]) for s in self.policy.initial_state(1, "cpu")),
+                                     cfg.priority_exponent, cfg.stored_state, seed=cfg.seed + self.n_updates)
+        self.writer = SequenceWriter(self.replay, cfg.num_envs, self.obs_conv, cfg.overlap)
+        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env)
+        if self.stats_history:  # resumed: keep the recent-episode window
+            self.collector.stats.load(self.stats_history)
+        self.collector.reset(cfg.seed + 7919 * self.n_updates, self.policy.initial_state(cfg.num_envs, self.device))
+        self._actor_start = self.num_timesteps
 
     # -- acting ------------------------------------------------------------------------------------------
     def _act(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[EpsilonGreedy, State]:
@@ -545,16 +484,14 @@ class R2D2(Algorithm):
         super()._load_tensors(tensors)
         self.target.load_state_dict(self.policy.state_dict())
 
-    def _trainer_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "target": self.target.state_dict(),
-                "num_timesteps": self.num_timesteps, "n_updates": self.n_updates, "episodes": self._stats.state()}
+    def _algo_state(self) -> dict[str, Any]:
+        return {"target": self.target.state_dict(),
+                "episodes": self.collector.stats.state() if self.collector else self.stats_history}
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        """Weights, target network, optimizer, counters continue; the replay is refilled before updates."""
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _restore_algo(self, state: dict[str, Any]) -> None:
+        """The target network and episode window continue; the replay is refilled before updates."""
         self.target.load_state_dict(state["target"])
-        self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
-        self._episode_history = state["episodes"]
+        self.stats_history = state["episodes"]
 
 
 def _slice(obs: Obs, start: int, stop: int | None) -> Obs:

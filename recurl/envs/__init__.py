@@ -60,6 +60,8 @@ def make_vec_env(
     :class:`~recurl.envs.wrappers.PrevActionReward`.
     """
     env_id = resolve_env_id(env_id)
+    if num_envs < 1:
+        raise RecurlError(f"num_envs must be >= 1, got {num_envs}")
     kwargs = dict(env_kwargs or {})
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
@@ -67,8 +69,12 @@ def make_vec_env(
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
     try:
         env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
-    except TypeError as e:
-        raise RecurlError(f"bad env option for {env_id}: {e}") from None
+    except (TypeError, ValueError, AssertionError, gym.error.Error) as e:
+        # The constructor's own complaint (an unknown keyword, a value out of range, a missing extra),
+        # with the env and options that caused it; an env's own bugs (other exception types) stay visible.
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no options"
+        hint = ": check --env-kwargs" if env_kwargs else ""
+        raise RecurlError(f"cannot build env {env_id} with {shown} ({type(e).__name__}: {e}){hint}") from None
     mode_used = env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode_used != gym.vector.AutoresetMode.NEXT_STEP:
         raise RecurlError(f"{env_id}: recurl needs NEXT_STEP autoreset, the vector env uses {mode_used}")

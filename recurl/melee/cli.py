@@ -1,7 +1,7 @@
 """``recurl melee prepare | train | eval``: the command line of the Melee pipeline.
 
 Every user error (missing directory, no games after filtering, corrupt checkpoint, bad option) prints one
-``error: ...`` line on stderr and returns a non-zero code, never a traceback.
+``recurl: error: ...`` line on stderr and returns a non-zero code, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,9 +10,14 @@ import argparse
 import json
 import sys
 
+from recurl.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Check, check_value
 from recurl.errors import RecurlError
 from recurl.melee.features import CSS_CHARACTERS
 from recurl.nn.recurrent import CORE_KINDS
+
+#: ``melee train``'s numeric options and their ranges, checked before the dataset is read
+TRAIN_RANGES: dict[str, Check] = {"delay": AT_LEAST_1, "seq_len": AT_LEAST_1, "batch": AT_LEAST_1,
+                                  "steps": AT_LEAST_1, "hidden": AT_LEAST_1, "lr": POSITIVE, "seed": AT_LEAST_0}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,11 +65,13 @@ def melee_main(argv: list[str]) -> int:
                              opponents=args.opponent, ruleset=args.ruleset, progress=not args.quiet)
             print("\n".join(report.lines()))
             if not report.games:
-                print("error: no games left after filtering", file=sys.stderr)
+                print("recurl: error: no games left after filtering", file=sys.stderr)
                 return 1
         elif args.cmd == "train":
             from recurl.melee.train import train
 
+            for name, check in TRAIN_RANGES.items():
+                check_value(name, getattr(args, name), check)
             config = train(args.data, args.out, character=args.character, core=args.core, delay=args.delay,
                            seq_len=args.seq_len, batch=args.batch, steps=args.steps, seed=args.seed,
                            hidden=args.hidden, lr=args.lr, memoryless=not args.no_memoryless,
@@ -84,6 +91,6 @@ def melee_main(argv: list[str]) -> int:
             report = evaluate(args.run_dir, args.data)
             print(json.dumps(report, indent=1) if args.json else format_report(report))
     except (RecurlError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"recurl: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -41,6 +41,16 @@ class ActionDist:
             return torch.stack([lg.argmax(-1) for lg in self.logits_list], -1)
         return self.params
 
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """What the ONNX graph returns beside the action: normalised ``logits`` (Discrete ``[B, n]``,
+        MultiDiscrete the components' concatenated ``[B, sum(nvec)]``), or ``mean`` and ``log_std``
+        (Box, ``[B, d]``)."""
+        if self.kind == "categorical":
+            return {"logits": self.logits}
+        if self.kind == "multi":
+            return {"logits": torch.cat(self.logits_list, -1)}
+        return {"mean": self.params, "log_std": self.log_std.expand_as(self.params)}
+
     def log_prob(self, a: torch.Tensor) -> torch.Tensor:
         if self.kind == "categorical":
             return self.logits.gather(-1, a.long().unsqueeze(-1)).squeeze(-1)

@@ -1,22 +1,25 @@
 """The recurrent actor-critic: normalise -> encode -> recurrent core -> MLP -> action head / value head.
 
-State is one flat tuple of tensors ``[layers, B, H]``: the actor core's state, then the critic core's
-(when ``shared_core`` is false). Resets happen inside the cores, driven by ``is_first``.
+State is named: :class:`ActorCriticState` holds the actor core's tensors and the critic core's (empty
+with ``shared_core``), each ``[layers, B, H]``. Acting (:meth:`RecurrentPolicy.act`, and so ``predict``,
+:class:`recurl.Agent` and the ONNX graph) carries the actor's part alone, since nothing else reads the
+critic's. Resets happen inside the cores, driven by ``is_first``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import gymnasium as gym
 import torch
 from torch import nn
 
-from recurl.errors import RecurlError
+from recurl.config import AT_LEAST_1, OneOf, Ranges, check_config
 from recurl.nn.encoders import Obs, ObsEncoder, RunningNorm, is_normalisable, mlp
 from recurl.nn.heads import ActionDist, ActionHead
-from recurl.nn.recurrent import CORE_KINDS, RecurrentCore, State
+from recurl.nn.recurrent import CORE_KINDS, State, make_core
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
@@ -42,11 +45,14 @@ class NetworkConfig:
     embed_dim: int = 16
     """Embedding width per Discrete/MultiDiscrete observation component."""
 
+    RANGES: ClassVar[Ranges] = {
+        "core": OneOf(CORE_KINDS), "hidden_size": AT_LEAST_1, "num_layers": AT_LEAST_1,
+        "encoder_hidden": AT_LEAST_1, "head_hidden": AT_LEAST_1, "activation": OneOf(tuple(ACTIVATIONS)),
+        "embed_dim": AT_LEAST_1,
+    }
+
     def __post_init__(self) -> None:
-        if self.core not in CORE_KINDS:
-            raise RecurlError(f"unknown core {self.core!r}: choose one of {', '.join(CORE_KINDS)}")
-        if self.activation not in ACTIVATIONS:
-            raise RecurlError(f"unknown activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        check_config(self)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,17 @@ class PolicyConfig(NetworkConfig):
     """Orthogonal init of linear layers (gain sqrt(2) hidden, 0.01 policy head, 1 value head)."""
 
 
+class ActorCriticState(NamedTuple):
+    """The state of a :class:`RecurrentPolicy`, by part: tuples of ``[layers, B, H]`` tensors."""
+
+    actor: State
+    critic: State  # () when actor and critic share one core
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ActorCriticState:
+        """Apply ``fn`` to every tensor (e.g. ``clone``, or indexing a batch of envs)."""
+        return ActorCriticState(tuple(fn(s) for s in self.actor), tuple(fn(s) for s in self.critic))
+
+
 class _Tower(nn.Module):
     """Encoder -> core -> MLP for one of actor / critic."""
 
@@ -68,7 +85,7 @@ class _Tower(nn.Module):
         super().__init__()
         act = ACTIVATIONS[cfg.activation]
         self.encoder = ObsEncoder(obs_space, cfg.encoder_hidden, act, cfg.embed_dim)
-        self.core = RecurrentCore(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers, cfg.forget_bias)
+        self.core = make_core(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers, cfg.forget_bias)
         self.mlp = mlp([cfg.hidden_size, *cfg.head_hidden], act)
         self.out_dim = cfg.head_hidden[-1] if cfg.head_hidden else cfg.hidden_size
 
@@ -87,7 +104,9 @@ class RecurrentPolicy(nn.Module):
     """Recurrent actor-critic for any supported observation and action space.
 
     Shapes: acting takes ``obs[B, ...]`` and ``is_first[B]``; training takes ``obs[T, B, ...]`` and
-    ``is_first[T, B]``. ``state`` is a tuple of ``[layers, B, hidden_size]`` float32 tensors.
+    ``is_first[T, B]``. :meth:`step` and :meth:`unroll` carry an :class:`ActorCriticState`; :meth:`act`
+    carries the actor's part alone, a tuple of ``[layers, B, hidden_size]`` float32 tensors named by
+    :attr:`act_state_names`.
     """
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: PolicyConfig) -> None:
@@ -112,14 +131,18 @@ class RecurrentPolicy(nn.Module):
                     nn.init.zeros_(m.bias)
             nn.init.orthogonal_(self.v.weight, 1.0)
             nn.init.zeros_(self.v.bias)
-        self._n_actor = self.actor.core.n_state
+
+    @property
+    def act_state_names(self) -> tuple[str, ...]:
+        """Names of the acting state's tensors: ``("h", "c")`` for LSTM, ``("h",)``, or ``()``."""
+        return self.actor.core.state_names
 
     # -- state ----------------------------------------------------------------------------------------
-    def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
-        """Zero state for ``batch`` envs: actor core tensors then critic core tensors, each ``[L, B, H]``."""
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> ActorCriticState:
+        """Zero state for ``batch`` envs, actor and critic parts, each tensor ``[L, B, H]``."""
         device = device if device is not None else self.v.weight.device
-        state = self.actor.core.initial_state(batch, device)
-        return state + (self.critic.core.initial_state(batch, device) if self.critic else ())
+        critic = self.critic.core.initial_state(batch, device) if self.critic else ()
+        return ActorCriticState(self.actor.core.initial_state(batch, device), critic)
 
     def initial_act_state(self, batch: int, device: torch.device | str | None = None) -> State:
         """Zero state for acting only (:meth:`act`): the actor core's tensors, each ``[L, B, H]``."""
@@ -144,37 +167,35 @@ class RecurrentPolicy(nn.Module):
 
     # -- acting and training ----------------------------------------------------------------------------
     def unroll(
-        self, obs: Obs, state: State, is_first: torch.Tensor, return_state: bool = True
-    ) -> tuple[ActionDist, torch.Tensor, State]:
+        self, obs: Obs, state: ActorCriticState, is_first: torch.Tensor, return_state: bool = True
+    ) -> tuple[ActionDist, torch.Tensor, ActorCriticState]:
         """``obs[T, B, ...]``, ``is_first[T, B]`` -> (action distribution over ``[T, B]``, value ``[T, B]``,
-        state after the last step; ``()`` when ``return_state`` is false)."""
+        state after the last step; empty parts when ``return_state`` is false)."""
         obs = self.normalize(obs)
-        a_state, c_state = state[: self._n_actor], state[self._n_actor :]
-        h_pi, a_state = self.actor.unroll(obs, a_state, is_first, return_state)
-        h_v = h_pi
+        h_pi, a_state = self.actor.unroll(obs, state.actor, is_first, return_state)
+        h_v, c_state = h_pi, ()
         if self.critic is not None:
-            h_v, c_state = self.critic.unroll(obs, c_state, is_first, return_state)
-        return self.pi(h_pi), self.v(h_v).squeeze(-1), tuple(a_state) + tuple(c_state)
+            h_v, c_state = self.critic.unroll(obs, state.critic, is_first, return_state)
+        return self.pi(h_pi), self.v(h_v).squeeze(-1), ActorCriticState(a_state, c_state)
 
-    def step(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[ActionDist, torch.Tensor, State]:
+    def step(self, obs: Obs, state: ActorCriticState, is_first: torch.Tensor | None
+             ) -> tuple[ActionDist, torch.Tensor, ActorCriticState]:
         """One step: ``obs[B, ...]``, ``is_first[B]`` -> (distribution over ``[B]``, value ``[B]``, state)."""
         obs = self.normalize(obs)
-        a_state, c_state = state[: self._n_actor], state[self._n_actor :]
-        h_pi, a_state = self.actor.step(obs, a_state, is_first)
-        h_v = h_pi
+        h_pi, a_state = self.actor.step(obs, state.actor, is_first)
+        h_v, c_state = h_pi, ()
         if self.critic is not None:
-            h_v, c_state = self.critic.step(obs, c_state, is_first)
-        return self.pi(h_pi), self.v(h_v).squeeze(-1), tuple(a_state) + tuple(c_state)
+            h_v, c_state = self.critic.step(obs, state.critic, is_first)
+        return self.pi(h_pi), self.v(h_v).squeeze(-1), ActorCriticState(a_state, c_state)
 
     def act(self, obs: Obs, state: State, is_first: torch.Tensor | None) -> tuple[ActionDist, State]:
-        """Acting only: one step of the actor, ``obs[B, ...]``, ``is_first[B]`` (or ``None``) ->
-        (distribution, state).
+        """Acting only: one step of the actor. ``obs[B, ...]``, the actor's state (from
+        :meth:`initial_act_state`), ``is_first[B]`` (or ``None``) -> (distribution over ``[B]``, state).
 
-        Skips the critic (half the work with separate cores); its part of the state, if passed, comes
-        back unchanged, so use either ``act`` or ``step`` for a whole episode, not both.
+        Skips the critic, which acting never needs (half the work with separate cores).
         """
-        h_pi, a_state = self.actor.step(self.normalize(obs), state[: self._n_actor], is_first)
-        return self.pi(h_pi), tuple(a_state) + tuple(state[self._n_actor :])
+        h_pi, a_state = self.actor.step(self.normalize(obs), state, is_first)
+        return self.pi(h_pi), a_state
 
 
 def _leaves(space: gym.Space) -> list[tuple[str | None, gym.Space]]:

@@ -1,23 +1,28 @@
-"""The recurrent core: every piece of hidden-state logic in recurl lives in this module.
+"""The recurrent cores: every piece of hidden-state logic in recurl lives in this module.
 
-One contract for every core kind (``lstm``, ``gru``, ``rnn`` and the memoryless ``none``):
+One protocol, :class:`MemoryCore`, for every core (``lstm``, ``gru``, ``rnn``, the memoryless ``none``,
+and the swamp-tour article's hard-sigmoid Keras cells):
 
 - ``initial_state(batch)`` returns the zero state, a tuple of tensors each ``[num_layers, B, H]``
-  (LSTM: ``(h, c)``; GRU and RNN: ``(h,)``; ``none``: ``()``), float32 on the core's device.
-- ``step(x[B, F], state, is_first[B]) -> (y[B, H], state)`` for acting one step at a time.
-- ``unroll(x[T, B, F], state0, is_first[T, B]) -> (y[T, B, H], state_T)`` for training.
+  named by ``state_names`` (LSTM: ``("h", "c")``; GRU and RNN: ``("h",)``; ``none``: ``()``), float32
+  on the core's device.
+- ``step(x[B, F], state, is_first[B]) -> (y[B, H], state)`` for acting one step at a time (also the
+  step that ONNX export traces).
+- ``unroll(x[T, B, F], state0, is_first[T, B]) -> (y[T, B, H], state_T)`` for training;
+  :meth:`MemoryCore.unroll_truncated` detaches the state every ``bptt`` steps.
 
 ``is_first[t, b]`` is true when ``x[t, b]`` is the first observation of an episode. The state entering
 that step is replaced by zeros *here and nowhere else*, so no caller can forget a reset, reset twice, or
 reset one step late. ``T`` calls of ``step`` and one ``unroll`` give the same outputs, and no gradient
-flows from any output at or after a reset to any input before it.
+flows from any output at or after a reset to any input before it. :func:`make_core` builds any core.
 
-Speed: ``unroll`` never loops over time steps in Python. Without a reset after ``t = 0`` it is one fused
-library call. With resets inside the window, each column is cut at its resets into episode segments and
-the segments run side by side as the columns of one fused call; segments after a reset start from
-zeros, so gradients cannot cross the cut by construction (see ``bench/bench_core.py``). An LSTM window
-that is only trained on (``return_state=False``, PPO's case) instead keeps its batch and gets a
-separator step before each reset that zeroes the state exactly (:meth:`RecurrentCore._unroll_separated`).
+Speed: :class:`RecurrentCore`'s ``unroll`` never loops over time steps in Python. Without a reset after
+``t = 0`` it is one fused library call. With resets inside the window, each column is cut at its resets
+into episode segments and the segments run side by side as the columns of one fused call; segments after
+a reset start from zeros, so gradients cannot cross the cut by construction (see
+``bench/bench_core.py``). An LSTM window that is only trained on (``return_state=False``, PPO's case)
+instead keeps its batch and gets a separator step before each reset that zeroes the state exactly
+(:meth:`RecurrentCore._unroll_separated`).
 """
 
 from __future__ import annotations
@@ -33,14 +38,100 @@ CoreKind = Literal["lstm", "gru", "rnn", "none"]
 CORE_KINDS: tuple[str, ...] = ("lstm", "gru", "rnn", "none")
 State = tuple[torch.Tensor, ...]
 _CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
+_STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",), "none": ()}
 
 
 def state_size(kind: str) -> int:
     """Number of tensors in a core's state: LSTM 2 (h, c), GRU/RNN 1 (h), none 0."""
-    return {"lstm": 2, "gru": 1, "rnn": 1, "none": 0}[kind]
+    return len(_STATE_NAMES[kind])
 
 
-class RecurrentCore(nn.Module):
+def reset_state(state: State, is_first: torch.Tensor, dtype: torch.dtype) -> State:
+    """Zero each env's state where ``is_first[B]`` is true; ``state`` tensors are ``[L, B, H]``, made
+    ``dtype`` (the input's) on the way.
+
+    A multiply rather than ``where`` so that the exported ONNX graph keeps it as one op.
+    """
+    keep = (~is_first.to(torch.bool)).to(dtype).view(1, -1, 1)
+    return tuple(s * keep for s in state)
+
+
+class MemoryCore(nn.Module):
+    """The core protocol. Subclasses set ``kind``, ``input_size``, ``hidden_size``, ``num_layers`` and
+    ``state_names``, and implement :meth:`step` and :meth:`unroll` with the reset inside."""
+
+    kind: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    state_names: tuple[str, ...]
+
+    @property
+    def n_state(self) -> int:
+        """Number of state tensors (2 for LSTM, 1 for GRU/RNN, 0 for none)."""
+        return len(self.state_names)
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        """Zero state: ``n_state`` tensors of shape ``[num_layers, batch, hidden_size]``, float32."""
+        if device is None:
+            device = next(self.parameters()).device
+        shape = (self.num_layers, batch, self.hidden_size)
+        return tuple(torch.zeros(shape, device=device) for _ in range(self.n_state))
+
+    def step(self, x: torch.Tensor, state: State, is_first: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        """One step: ``x[B, F]``, ``state`` tensors ``[L, B, H]``, ``is_first[B]`` bool (``None``: no
+        episode starts) -> ``(y[B, H], new_state)``."""
+        raise NotImplementedError
+
+    def unroll(
+        self, x: torch.Tensor, state0: State, is_first: torch.Tensor, return_state: bool = True
+    ) -> tuple[torch.Tensor, State]:
+        """Run ``T`` steps. ``x[T, B, F]``, ``state0`` tensors ``[L, B, H]``, ``is_first[T, B]`` bool.
+
+        Returns ``(y[T, B, H], state_T)``, where ``state_T`` is the state after the last step.
+        ``return_state=False`` says the final state is not needed (a window that is only trained on, as
+        in PPO, not continued); it may then come back as ``()``.
+        """
+        raise NotImplementedError
+
+    def unroll_truncated(
+        self, x: torch.Tensor, state0: State, is_first: torch.Tensor, bptt: int
+    ) -> tuple[torch.Tensor, State]:
+        """:meth:`unroll` with the state detached every ``bptt`` steps (``bptt <= 0``: never), so gradients
+        reach back at most ``bptt`` steps while the state itself flows on unchanged."""
+        if bptt <= 0 or bptt >= x.shape[0]:
+            return self.unroll(x, state0, is_first)
+        ys, state = [], state0
+        for t0 in range(0, x.shape[0], bptt):
+            y, state = self.unroll(x[t0 : t0 + bptt], tuple(s.detach() for s in state), is_first[t0 : t0 + bptt])
+            ys.append(y)
+        return torch.cat(ys), state
+
+    def _check(self, x: torch.Tensor, state0: State, is_first: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"core expects x of shape [T, B, {self.input_size}], got {tuple(x.shape)}")
+        if tuple(is_first.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"is_first must be [T, B] = {tuple(x.shape[:2])}, got {tuple(is_first.shape)}")
+        if len(state0) != self.n_state:
+            raise ValueError(f"{self.kind} state has {self.n_state} tensors, got {len(state0)}")
+        want = (self.num_layers, x.shape[1], self.hidden_size)
+        for s in state0:
+            if tuple(s.shape) != want:
+                raise ValueError(f"state tensor must be [layers, B, H] = {want}, got {tuple(s.shape)}")
+
+
+def make_core(kind: str, input_size: int, hidden_size: int, num_layers: int = 1, forget_bias: float = 1.0,
+              hard_sigmoid: bool = False) -> MemoryCore:
+    """Build a core by name: :class:`RecurrentCore` (``lstm``, ``gru``, ``rnn``, ``none``), or with
+    ``hard_sigmoid`` the article's :class:`HardSigmoidCore` (one ``lstm`` or ``gru`` layer)."""
+    if hard_sigmoid:
+        if kind not in ("lstm", "gru") or num_layers != 1:
+            raise ValueError("hard_sigmoid cells exist for a single lstm or gru layer only")
+        return HardSigmoidCore(kind, input_size, hidden_size)
+    return RecurrentCore(kind, input_size, hidden_size, num_layers, forget_bias)
+
+
+class RecurrentCore(MemoryCore):
     """A stack of LSTM, GRU or tanh-RNN layers, or a memoryless MLP layer (``none``) with the same API.
 
     Args:
@@ -62,6 +153,7 @@ class RecurrentCore(nn.Module):
         if num_layers < 1 or hidden_size < 1 or input_size < 1:
             raise ValueError("input_size, hidden_size and num_layers must be >= 1")
         self.kind = kind
+        self.state_names = _STATE_NAMES[kind]
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -82,18 +174,6 @@ class RecurrentCore(nn.Module):
                         elif name.startswith("bias_hh"):
                             p[hidden_size : 2 * hidden_size].zero_()
 
-    @property
-    def n_state(self) -> int:
-        """Number of state tensors (2 for LSTM, 1 for GRU/RNN, 0 for none)."""
-        return state_size(self.kind)
-
-    def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
-        """Zero state: ``n_state`` tensors of shape ``[num_layers, batch, hidden_size]``, float32."""
-        if device is None:
-            device = next(self.parameters()).device
-        shape = (self.num_layers, batch, self.hidden_size)
-        return tuple(torch.zeros(shape, device=device) for _ in range(self.n_state))
-
     # -- acting ---------------------------------------------------------------------------------------
     def step(
         self, x: torch.Tensor, state: State, is_first: torch.Tensor | None
@@ -104,12 +184,15 @@ class RecurrentCore(nn.Module):
         Returns ``(y[B, H], new_state)``. Runs the library's single-step cell kernels
         (``torch.lstm_cell`` and friends) on the same weights, layer by layer: on CPU they cost a fraction
         of a length-1 sequence call (~28 us vs ~140 us at 64 units), and acting is all single steps.
+        Under ONNX export it is a length-1 sequence instead, which exports as the native recurrent op.
         """
         if self.kind == "none":
             return self.net(x), ()
         if is_first is not None:
-            keep = (~is_first.to(torch.bool)).to(x.dtype).unsqueeze(-1)  # reset inside the core
-            state = tuple(s * keep for s in state)
+            state = reset_state(state, is_first, x.dtype)  # the reset, inside the core
+        if torch.onnx.is_in_onnx_export():
+            y, hT = self.net(x.unsqueeze(0), _pack_state(self.kind, state))
+            return y.squeeze(0), _unpack_state(self.kind, hT)
         net, cell = self.net, _CELLS[self.kind]
         outs: list[list[torch.Tensor]] = [[] for _ in state]
         for i in range(self.num_layers):
@@ -137,8 +220,7 @@ class RecurrentCore(nn.Module):
         if self.kind == "none":
             return self.net(x), ()
         is_first = is_first.to(torch.bool)
-        keep0 = (~is_first[0]).to(x.dtype).view(1, -1, 1)
-        h0 = tuple(s * keep0 for s in state0)  # reset at t = 0, inside the core
+        h0 = reset_state(state0, is_first[0], x.dtype)  # reset at t = 0, inside the core
         if x.shape[0] == 1 or not bool(is_first[1:].any()):
             y, hT = self.net(x, _pack_state(self.kind, h0))
             return y, _unpack_state(self.kind, hT)
@@ -209,18 +291,6 @@ class RecurrentCore(nn.Module):
                 s.index_copy(1, seg.reset_cols, hl) for s, hl in zip(state_T, _unpack_state(self.kind, h_last))
             )
         return y, state_T
-
-    def _check(self, x: torch.Tensor, state0: State, is_first: torch.Tensor) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"core expects x of shape [T, B, {self.input_size}], got {tuple(x.shape)}")
-        if tuple(is_first.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"is_first must be [T, B] = {tuple(x.shape[:2])}, got {tuple(is_first.shape)}")
-        if len(state0) != self.n_state:
-            raise ValueError(f"{self.kind} state has {self.n_state} tensors, got {len(state0)}")
-        want = (self.num_layers, x.shape[1], self.hidden_size)
-        for s in state0:
-            if tuple(s.shape) != want:
-                raise ValueError(f"state tensor must be [layers, B, H] = {want}, got {tuple(s.shape)}")
 
 
 def _pack_state(kind: str, state: State) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -293,3 +363,67 @@ def _segments(is_first: torch.Tensor) -> _Segments:
     last_seg = seg.view(B, T)[:, -1]
     last_start = start_idx[last_seg].index_select(0, reset_cols) - reset_cols * T
     return _Segments(n_seg, max_len, src, out_idx, seg.view(B, T)[:, 0], reset_cols, last_start)
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras 2.2's ``hard_sigmoid``: ``clip(0.2 x + 0.5, 0, 1)``."""
+    return (0.2 * x + 0.5).clamp(0.0, 1.0)
+
+
+class HardSigmoidCore(MemoryCore):
+    """One Keras-2.2 LSTM or GRU layer with hard-sigmoid gates: the swamp-tour article's cells.
+
+    State tensors ``[1, B, H]``; the reset at ``is_first`` happens inside, as in every core. Keras
+    initialisation: glorot-uniform kernels, orthogonal recurrent kernels, zero biases, LSTM forget bias 1;
+    the GRU is the ``reset_after=False`` variant (the reset gate multiplies the state before the recurrent
+    kernel). ``unroll`` is a Python loop over :meth:`_cell`: fine for the article's 32 units, not for speed.
+    """
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        if kind not in ("lstm", "gru"):
+            raise ValueError(f"hard-sigmoid cells exist for lstm and gru, not {kind!r}")
+        self.kind, self.input_size, self.hidden_size, self.num_layers = kind, input_size, hidden_size, 1
+        self.state_names = _STATE_NAMES[kind]
+        gates = 4 if kind == "lstm" else 3  # Keras gate order: LSTM i, f, c, o; GRU z, r, h
+        self.kernel = nn.Parameter(nn.init.xavier_uniform_(torch.empty(input_size, gates * hidden_size)))
+        self.recurrent_kernel = nn.Parameter(nn.init.orthogonal_(torch.empty(hidden_size, gates * hidden_size)))
+        self.bias = nn.Parameter(torch.zeros(gates * hidden_size))
+        if kind == "lstm":
+            with torch.no_grad():
+                self.bias[hidden_size : 2 * hidden_size] = 1.0
+
+    def _cell(self, xw: torch.Tensor, state: State) -> State:
+        """One step from the input part of every gate, ``xw[B, gates * H]``, and ``state`` tensors ``[B, H]``."""
+        H, U = self.hidden_size, self.recurrent_kernel
+        h = state[0]
+        if self.kind == "lstm":
+            z = xw + h @ U
+            i, f, g, o = hard_sigmoid(z[:, :H]), hard_sigmoid(z[:, H : 2 * H]), z[:, 2 * H : 3 * H], z[:, 3 * H :]
+            c = f * state[1] + i * torch.tanh(g)
+            return hard_sigmoid(o) * torch.tanh(c), c
+        zr = hard_sigmoid(xw[:, : 2 * H] + h @ U[:, : 2 * H])
+        z, r = zr[:, :H], zr[:, H:]
+        h_hat = torch.tanh(xw[:, 2 * H :] + (r * h) @ U[:, 2 * H :])
+        return (z * h + (1 - z) * h_hat,)
+
+    def step(self, x: torch.Tensor, state: State, is_first: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        """One step: ``x[B, F]``, ``state`` tensors ``[1, B, H]``, ``is_first[B]`` -> ``(y[B, H], state)``."""
+        if is_first is not None:
+            state = reset_state(state, is_first, x.dtype)
+        new = self._cell(x @ self.kernel + self.bias, tuple(s[0] for s in state))
+        return new[0], tuple(s.unsqueeze(0) for s in new)
+
+    def unroll(
+        self, x: torch.Tensor, state0: State, is_first: torch.Tensor, return_state: bool = True
+    ) -> tuple[torch.Tensor, State]:
+        """``x[T, B, F]``, ``state0`` tensors ``[1, B, H]``, ``is_first[T, B]`` -> ``(y[T, B, H], state_T)``."""
+        self._check(x, state0, is_first)
+        xw = x @ self.kernel + self.bias  # [T, B, gates * H]: the input part of every gate at once
+        state = tuple(s[0] for s in state0)
+        ys = []
+        for t in range(x.shape[0]):
+            keep = (~is_first[t].to(torch.bool)).to(x.dtype).unsqueeze(-1)
+            state = self._cell(xw[t], tuple(s * keep for s in state))
+            ys.append(state[0])
+        return torch.stack(ys), tuple(s.unsqueeze(0) for s in state)
