@@ -61,9 +61,10 @@ TRAIN_HELP = """Train an agent. recurl's own options:
 Config flags of the chosen algorithm follow."""
 
 RESUME_ALLOWED = "--total-steps N (to extend the run) and --quiet"
-#: a directory holding any of these holds a run; --overwrite removes these files (and only these)
+#: a directory holding any of these holds a run
 RUN_MARKERS = ("config.json", "progress.csv", "model.safetensors")
-RUN_FILES = (*RUN_MARKERS, "trainer.pt", "summary.json", "curve.png", "tb")
+#: what --overwrite removes: a run's files and only those (the directory may hold the user's own)
+RUN_FILES = (*RUN_MARKERS, "trainer.pt", "checkpoint.json", "summary.json", "curve.png", "tb")
 
 
 def cmd_train(argv: list[str]) -> int:

@@ -106,10 +106,10 @@ def flag(name: str) -> str:
 
 
 def check_value(name: str, value: Any, check: Check | None = None, kind: type | None = None) -> None:
-    """Raise one :class:`RecurlError` naming flag ``name`` unless ``value`` (or, for a tuple, every element)
+    """Raise one :class:`RecurlError` naming flag ``name`` unless ``value`` (or, for a tuple or list, each element)
     has type ``kind`` (``int`` refuses bools and floats; ``float`` takes ints), is finite when a float and
     satisfies ``check``. ``None`` always passes (fields that allow it are typed ``X | None``)."""
-    for v in value if isinstance(value, tuple) else (value,):
+    for v in value if isinstance(value, tuple | list) else (value,):
         if v is None:
             continue
         if kind is not None and not _is_kind(v, kind):

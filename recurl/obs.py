@@ -71,17 +71,28 @@ class ObsConverter:
             if not isinstance(obs, dict) or set(obs) != set(self.leaves):
                 got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
                 raise RecurlError(f"observation must be a dict with keys {sorted(self.leaves)}, got {got}")
-            parts = {k: _check_leaf(np.asarray(obs[k]), s, f"observation[{k!r}]") for k, s in self.leaves.items()}
+            parts = {k: _check_leaf(_as_array(obs[k], f"observation[{k!r}]"), s, f"observation[{k!r}]")
+                     for k, s in self.leaves.items()}
             ns = {n for _, n, _ in parts.values()}
             if len(ns) != 1:
                 raise RecurlError(f"observation dict entries have different batch sizes: {sorted(ns)}")
             return {k: a for k, (a, _, _) in parts.items()}, ns.pop(), next(iter(parts.values()))[2]
-        return _check_leaf(np.asarray(obs), self.space, "observation")
+        return _check_leaf(_as_array(obs, "observation"), self.space, "observation")
 
     def from_user(self, obs: Any, device: torch.device) -> tuple[Obs, int, bool]:
         """:meth:`check`, then convert to torch on ``device``."""
         a, n, batched = self.check(obs)
         return self.to_torch(a, device), n, batched
+
+
+def _as_array(obs: Any, name: str) -> np.ndarray:
+    """``np.asarray``, with a ragged batch (observations of different shapes) as one clear error."""
+    try:
+        return np.asarray(obs)
+    except ValueError:
+        shapes = sorted({np.shape(o) for o in obs}) if isinstance(obs, list | tuple) else "?"
+        raise RecurlError(f"{name} is a ragged batch (shapes {shapes}): stack observations of one shape, "
+                          "[N, *obs_shape]") from None
 
 
 def _check_leaf(a: np.ndarray, space: gym.Space, name: str) -> tuple[np.ndarray, int, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from recurl.algos.bc import BCConfig, BehaviourCloning, build_stream, delayed_pairs, stream_unroll
 from recurl.algos.ppo import RecurrentPPO
+from recurl.checkpoint import write_json
 from recurl.cli import main
 from recurl.collector import Collector
 from recurl.data.trajectories import Episode, write_dataset
@@ -167,8 +169,10 @@ def test_bc_run_initialises_ppo_with_identical_actions(bc_run: str, tmp_path) ->
             a_bc, s_bc = bc.predict(o, s_bc, np.array([t == 0]), deterministic=True)
             a_ppo, s_ppo = ppo.predict(o, s_ppo, np.array([t == 0]), deterministic=True)
             assert a_bc == a_ppo
-    ppo.learn(total_steps=32, progress_bar=False)  # the KL-to-teacher loss runs on a BC teacher
-    assert ppo.num_timesteps == 32
+    ppo.learn(total_steps=32, progress_bar=False, run_dir=tmp_path / "ft")  # the KL-to-teacher loss on a BC teacher
+    with open(tmp_path / "ft" / "progress.csv") as f:
+        kl = [float(row["train/teacher_kl"]) for row in csv.DictReader(f)]
+    assert kl and all(np.isfinite(kl)) and ppo.teacher is not None
 
 
 def test_bc_continuous_actions_resume_and_delay(tmp_path) -> None:
@@ -190,7 +194,7 @@ def test_bc_continuous_actions_resume_and_delay(tmp_path) -> None:
     assert isinstance(load_model(tmp_path / "run", device="cpu").action_space, gym.spaces.Box)
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
     meta["config"]["max_epochs"] = 3
-    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))  # resume trains on to the new max_epochs
+    write_json(tmp_path / "run" / "config.json", meta)  # resume trains on to the new max_epochs
     resumed = BehaviourCloning.resume(tmp_path / "run", progress=False)
     assert resumed.epoch == 3 and resumed.n_updates > bc.n_updates
     lines = (tmp_path / "run" / "progress.csv").read_text().strip().splitlines()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
+from recurl.algos.bc import BCConfig, BehaviourCloning
 from recurl.algos.ppo import RecurrentPPO
 from recurl.cli import main
 from recurl.data.trajectories import Episode, dataset_env, load_dataset, write_dataset
@@ -109,3 +112,70 @@ def test_recorded_dataset_env_drives_bc_config(tmp_path) -> None:
     cfg = BCConfig(dataset=str(path))
     assert (cfg.env, cfg.env_kwargs) == (RUIN, {"max_time": 5})
     assert json.loads((path / "data" / "metadata.json").read_text())["recurl_env"] == RUIN
+
+
+# -- reading a dataset is reading data ------------------------------------------------------------------
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """A small real dataset written by :func:`write_dataset` (2 episodes)."""
+    env = gym.make(RUIN, max_time=5)
+    env.action_space.seed(0)
+    return write_dataset(tmp_path / "real-v0", collect_episodes(env, _Random(env.action_space), 2, seed=0), RUIN,
+                         {"max_time": 5})
+
+
+def _edit_metadata(path: Path, edit) -> None:
+    meta_file = path / "data" / "metadata.json"
+    meta_file.write_text(json.dumps(edit(json.loads(meta_file.read_text()))))
+
+
+def test_loading_a_dataset_never_builds_its_env(dataset: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil-v0"
+    shutil.copytree(dataset, evil)
+    # A complete spec (minari would build it) whose "env" is os.system(command=...).
+    spec = {**json.loads(json.loads((dataset / "data" / "metadata.json").read_text())["env_spec"]),
+            "id": "Evil-v0", "entry_point": "os:system", "kwargs": {"command": f"touch {marker}"},
+            "vector_entry_point": None}
+    _edit_metadata(evil, lambda m: {**{k: v for k, v in m.items() if k not in (
+        "observation_space", "action_space", "recurl_env", "recurl_env_kwargs")}, "env_spec": json.dumps(spec)})
+    with pytest.raises(RecurlError, match="stores no observation_space .*recurl reads the spaces only from there"):
+        load_dataset(evil)
+    assert dataset_env(evil) == ("Evil-v0", {})  # the spec's id only: never its entry point or kwargs
+    with pytest.raises(RecurlError, match="stores no observation_space"):
+        BehaviourCloning(config=BCConfig(dataset=str(evil), env=RUIN, env_kwargs={"max_time": 5}, device="cpu"))
+    _edit_metadata(evil, lambda m: {**m, "env_spec": json.dumps({**spec, "id": "os:system"})})
+    with pytest.raises(RecurlError, match="names its env as 'os:system'"):
+        dataset_env(evil)
+    assert not marker.exists()
+
+
+def test_write_dataset_takes_relative_paths_and_leaves_nothing_when_it_fails(dataset: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    from minari.dataset._storages.arrow_storage import ArrowStorage
+
+    episodes = load_dataset(dataset).episodes
+    monkeypatch.chdir(tmp_path)
+    _assert_same(episodes, load_dataset(write_dataset("data/rel-v0", episodes, RUIN)).episodes)
+
+    def disk_full(self, buffers) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ArrowStorage, "update_episodes", disk_full)
+    with pytest.raises(RecurlError, match="cannot write the dataset data/full-v0 .*No space left"):
+        write_dataset("data/full-v0", episodes, RUIN)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["rel-v0"]  # no partial or staging dir
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert len(load_dataset(write_dataset("data/full-v0", episodes, RUIN)).episodes) == 2  # nothing blocks it
+
+
+@pytest.mark.parametrize("damage,where", [
+    (lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]), "1/part-0.arrow"),
+    (lambda f: f.write_bytes(b"not an arrow file" * 20), "1/part-0.arrow"),
+    (lambda f: shutil.rmtree(f.parent), "data/1 does not exist"),
+])
+def test_a_damaged_episode_file_is_one_clear_error(dataset: Path, damage, where: str) -> None:
+    damage(dataset / "data" / "1" / "part-0.arrow")
+    with pytest.raises(RecurlError, match=f"episode 1 .*{where}"):
+        load_dataset(dataset)

@@ -14,16 +14,16 @@ import torch
 
 from recurl.checkpoint import (
     CONFIG_FILE,
+    FORMAT_VERSION,
     MODEL_FILE,
     TRAINER_FILE,
-    load_trainer_state,
-    load_weights,
-    read_json,
-    save_trainer_state,
-    save_weights,
-    space_from_json,
+    SavedRun,
+    encode_json,
+    encode_trainer_state,
+    encode_weights,
+    read_run,
     space_to_json,
-    write_json,
+    write_checkpoint,
 )
 from recurl.collector import env_action
 from recurl.envs import make_vec_env
@@ -31,6 +31,7 @@ from recurl.errors import RecurlError
 from recurl.nn.recurrent import State
 from recurl.obs import ObsConverter, check_is_first, check_state
 from recurl.util import pick_device, set_seed, set_threads
+from recurl.version import __version__
 
 Callback = Callable[[Any], Any]
 """Called as ``callback(model)`` after every update (PPO: each rollout's update; R2D2: each vector-env
@@ -223,51 +224,20 @@ class Algorithm:
 
     # -- persistence -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (config, spaces, state shapes, versions)."""
-        from recurl import __version__
-
-        path = Path(path)
-        save_weights(path / MODEL_FILE, self._tensors())
-        write_json(path / CONFIG_FILE, {
-            "algo": self.algo,
-            "config": dataclasses.asdict(self.config),
-            "observation_space": space_to_json(self.observation_space),
-            "action_space": space_to_json(self.action_space),
-            "state_shapes": [list(s.shape) for s in self.policy.initial_act_state(1, "cpu")],
-            "versions": {"recurl": __version__, "torch": torch.__version__, "gymnasium": gym.__version__},
-        })
+        """Write ``model.safetensors`` and ``config.json`` (config, spaces, state shapes, versions) as one
+        atomic checkpoint set; files of an earlier checkpoint there (``trainer.pt``) are removed."""
+        write_checkpoint(path, _model_files(self))
 
     def checkpoint(self, run_dir: str | Path) -> None:
-        """Save the model plus everything needed to resume (optimizer, counters, RNG, ...), atomically."""
-        run_dir = Path(run_dir)
-        self.save(run_dir)
-        save_trainer_state(run_dir / TRAINER_FILE, {**self._trainer_state(), "torch_rng": torch.get_rng_state()})
+        """Save the model plus everything needed to resume (optimizer, counters, RNG, ...) as one atomic set."""
+        state = {**self._trainer_state(), "torch_rng": torch.get_rng_state()}
+        write_checkpoint(run_dir, {**_model_files(self), TRAINER_FILE: encode_trainer_state(state)})
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", **overrides: Any) -> Any:
-        """Load a saved model directory (safetensors + JSON; no code from the files is executed)."""
-        path = Path(path)
-        meta = read_json(path / CONFIG_FILE)
-        if meta.get("algo") != cls.algo:
-            raise RecurlError(f"{path} holds a {meta.get('algo')!r} model, not a {cls.algo} one")
-        try:
-            cfg = build_config(cls.config_class, {**meta["config"], **cls.load_overrides, "device": str(device),
-                                                  **overrides})
-            obs_space, action_space = space_from_json(meta["observation_space"]), space_from_json(meta["action_space"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise RecurlError(f"config.json in {path} does not match this recurl version ({e})") from None
-        tensors = load_weights(path / MODEL_FILE)
-        self = cls.__new__(cls)
-        self.config = cfg
-        self.device = pick_device(cfg.device)
-        self.observation_space, self.action_space = obs_space, action_space
-        self._loaded()
-        self._build(obs_space, action_space)
-        try:
-            self._load_tensors(tensors)
-        except (RuntimeError, KeyError) as e:
-            raise RecurlError(f"corrupt or mismatched model file in {path}: {e}") from None
-        return self
+        """Load a saved model directory (safetensors + JSON; no code from the files is executed), with
+        ``load_overrides`` applied (a loaded model acts: it needs no teacher)."""
+        return _from_saved(cls, Path(path), read_run(path), {**cls.load_overrides, "device": str(device), **overrides})
 
     def _loaded(self) -> None:
         """Runs on a loaded model before ``_build`` (set attributes ``__init__`` would have set)."""
@@ -280,14 +250,17 @@ class Algorithm:
         and RNG continue where the checkpoint left them.
         """
         run_dir = Path(run_dir)
-        self = cls.load(run_dir, device=read_json(run_dir / CONFIG_FILE)["config"].get("device", "auto"))
+        saved = read_run(run_dir, trainer_keys=_TRAINER_KEYS)
+        # The run's full config, without load_overrides: a resumed run keeps its objective (PPO's teacher).
+        self = _from_saved(cls, run_dir, saved, {})
         set_threads(self.config.threads)
-        state = load_trainer_state(run_dir / TRAINER_FILE)
+        state = saved.trainer_state
         try:
             self._restore(state)
             torch.set_rng_state(state["torch_rng"])
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise RecurlError(f"trainer state in {run_dir} does not fit this run ({e}): start a new run") from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise RecurlError(f"trainer state {run_dir / TRAINER_FILE} does not fit this run ({e}): start a new "
+                              "run") from None
         if total_steps is not None:  # extend (never shorten) the run's budget
             if not hasattr(self.config, "total_steps"):
                 raise RecurlError(f"--total-steps does not apply to a {cls.algo} run (it counts no env steps)")
@@ -313,6 +286,45 @@ def as_callbacks(callback: Callback | list[Callback] | None) -> list[Callback]:
     if callback is None:
         return []
     return list(callback) if isinstance(callback, list | tuple) else [callback]
+
+
+#: what ``trainer.pt`` must hold for :meth:`Algorithm._restore` (each algorithm's own keys come on top)
+_TRAINER_KEYS = ("optimizer", "num_timesteps", "n_updates", "span", "torch_rng")
+
+
+def _model_files(model: Algorithm) -> dict[str, bytes]:
+    """``model.safetensors`` and ``config.json`` of ``model``, serialised (written together by the caller)."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "algo": model.algo,
+        "config": dataclasses.asdict(model.config),
+        "observation_space": space_to_json(model.observation_space),
+        "action_space": space_to_json(model.action_space),
+        "state_shapes": [list(s.shape) for s in model.policy.initial_act_state(1, "cpu")],
+        "versions": {"recurl": __version__, "torch": torch.__version__, "gymnasium": gym.__version__},
+    }
+    return {MODEL_FILE: encode_weights(model._tensors()), CONFIG_FILE: encode_json(meta)}
+
+
+def _from_saved(cls: type[Algorithm], path: Path, saved: SavedRun, overrides: dict[str, Any]) -> Any:
+    """A ``cls`` model rebuilt from a saved run: its saved config with ``overrides``, networks, tensors."""
+    if saved.meta["algo"] != cls.algo:
+        raise RecurlError(f"{path} holds a {saved.meta['algo']!r} model, not a {cls.algo} one")
+    try:
+        cfg = build_config(cls.config_class, {**saved.meta["config"], **overrides})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise RecurlError(f"{path / CONFIG_FILE} does not match this recurl version ({e})") from None
+    self = cls.__new__(cls)
+    self.config = cfg
+    self.device = pick_device(cfg.device)
+    self.observation_space, self.action_space = saved.observation_space, saved.action_space
+    self._loaded()
+    self._build(saved.observation_space, saved.action_space)
+    try:
+        self._load_tensors(saved.tensors)
+    except (RuntimeError, KeyError) as e:
+        raise RecurlError(f"corrupt or mismatched model file in {path}: {e}") from None
+    return self
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

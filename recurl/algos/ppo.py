@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from recurl.algos.base import Algorithm, Callback, build_config
-from recurl.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_json, space_from_json
+from recurl.checkpoint import read_run
 from recurl.collector import Collector
 from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, Ranges, check_config
 from recurl.errors import RecurlError
@@ -218,21 +218,17 @@ def _to_sequences(x: torch.Tensor, L: int) -> torch.Tensor:
 
 def load_policy(run_dir: str | Path, device: torch.device) -> RecurrentPolicy:
     """The actor-critic of another run (PPO or BC: same network class), frozen, e.g. ``init_from``'s
-    weights and teacher. Only JSON and safetensors are read."""
-    run_dir = Path(run_dir)
-    meta = read_json(run_dir / CONFIG_FILE)
-    if not isinstance(meta, dict) or meta.get("algo") not in ("ppo", "bc"):
-        algo = meta.get("algo") if isinstance(meta, dict) else None
-        raise RecurlError(f"--init-from {run_dir}: a {algo!r} run has no actor-critic policy (use a ppo or bc run)")
+    weights and teacher. Only JSON and safetensors are read, verified as one checkpoint set."""
+    saved = read_run(run_dir)
+    if saved.meta["algo"] not in ("ppo", "bc"):
+        raise RecurlError(f"--init-from {run_dir}: a {saved.meta['algo']!r} run has no actor-critic policy "
+                          "(use a ppo or bc run)")
+    pol = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.meta["config"].get("policy", {}).items()}
+    policy = RecurrentPolicy(saved.observation_space, saved.action_space, build_config(PolicyConfig, pol))
     try:
-        pcfg = build_config(PolicyConfig, {k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in meta["config"]["policy"].items()})
-        policy = RecurrentPolicy(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]),
-                                 pcfg)
-        policy.load_state_dict({k[7:]: v for k, v in load_weights(run_dir / MODEL_FILE).items()
-                                if k.startswith("policy.")})
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise RecurlError(f"--init-from {run_dir}: unreadable run ({e})") from None
+        policy.load_state_dict({k[7:]: v for k, v in saved.tensors.items() if k.startswith("policy.")})
+    except RuntimeError as e:
+        raise RecurlError(f"--init-from {run_dir}: its weights do not fit its own config ({e})") from None
     return policy.to(device).eval().requires_grad_(False)
 
 

@@ -157,7 +157,7 @@ class R2D2Config:
         "overlap": AT_LEAST_0, "burn_in": AT_LEAST_0, "bptt": AT_LEAST_0, "n_step": AT_LEAST_1, "gamma": DISCOUNT,
         "target_update_every": AT_LEAST_1, "priority_eta": UNIT, "priority_exponent": AT_LEAST_0,
         "importance_beta": UNIT, "exploration": OneOf(EXPLORATION), "epsilon": UNIT, "epsilon_start": UNIT,
-        "epsilon_decay": POSITIVE, "apex_alpha": AT_LEAST_0, "replay_capacity": AT_LEAST_1,
+        "epsilon_decay": AT_LEAST_0, "apex_alpha": AT_LEAST_0, "replay_capacity": AT_LEAST_1,
         "learning_starts": AT_LEAST_0, "batch_size": AT_LEAST_1, "train_every": AT_LEAST_1,
         "gradient_steps": AT_LEAST_1, "learning_rate": POSITIVE, "adam_eps": POSITIVE, "max_grad_norm": AT_LEAST_0,
         "eval_episodes": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "device": DEVICE, "threads": AT_LEAST_0,
