@@ -157,3 +157,23 @@ def _scalar(hint: Any) -> type | None:
         elems = {a for a in args if a is not Ellipsis}
         return _scalar(elems.pop()) if len(elems) == 1 else None
     return None
+
+
+@dataclass(frozen=True)
+class EvalSchedule:
+    """Periodic evaluation and stopping when solved, for algorithms that step envs (SB3's ``EvalCallback``
+    with ``StopTrainingOnRewardThreshold``). A mixin: PPO's and R2D2's configs inherit these fields."""
+
+    eval_every: int = 0
+    """Evaluate deterministically every this many env steps (0: never; --stop-at-return needs it)."""
+    stop_at_return: float | None = None
+    """Stop once --hold consecutive evaluations reach this mean return (None: train the whole budget)."""
+    hold: int = 1
+    """Consecutive evaluations >= --stop-at-return needed to stop (the policy must stay solved)."""
+
+    RANGES: typing.ClassVar[Mapping[str, Check]] = {"eval_every": Range(0), "hold": Range(1)}
+
+    def check_schedule(self) -> None:
+        """The cross-field rule: stopping needs evaluations."""
+        if self.stop_at_return is not None and self.eval_every < 1:
+            raise RecurlError("--stop-at-return needs --eval-every N (env steps between evaluations)")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import time
+from pathlib import Path
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -116,3 +119,56 @@ def evaluate_policy(model: ActingModel, env: gym.vector.VectorEnv | None = None,
         model.policy.train()
         if own:
             env.close()
+
+
+class EvalCallback:
+    """Evaluate every ``every`` env steps, keep the best policy, and stop once it holds (SB3's
+    ``EvalCallback`` + ``StopTrainingOnRewardThreshold``, with a hold requirement).
+
+    Each evaluation plays ``episodes`` deterministic episodes on fresh seeds (``20_000 + k`` for the
+    ``k``-th, so holding means solving new episodes, not the same ones again). The best-so-far model goes
+    to ``run_dir/best`` and every evaluation to ``run_dir/evaluations.csv``; ``stop_at`` and ``hold``: stop
+    after ``hold`` consecutive evaluations with mean return ``>= stop_at``, so the final policy is the
+    held one. Its progress lives in ``model.eval_record`` (saved with checkpoints, so a resumed run keeps
+    its best and its streak); evaluation time is kept apart from training time (``time_s``).
+    """
+
+    def __init__(self, every: int, episodes: int, stop_at: float | None = None, hold: int = 1,
+                 run_dir: str | Path | None = None) -> None:
+        self.every, self.episodes, self.stop_at, self.hold = every, episodes, stop_at, hold
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+
+    def __call__(self, model: Any) -> bool:
+        rec = model.eval_record
+        if model.num_timesteps - rec["last_step"] < self.every:
+            return True
+        t0 = time.perf_counter()
+        r = evaluate_policy(model, n_episodes=self.episodes, seed=20_000 + rec["evaluations"])
+        rec["time_s"] += time.perf_counter() - t0
+        rec["last_step"], rec["evaluations"] = model.num_timesteps, rec["evaluations"] + 1
+        mean = r["mean_return"]
+        if rec["best"] is None or mean > rec["best"]:
+            rec["best"] = mean
+            if self.run_dir is not None:
+                model.save(self.run_dir / "best")
+        rec["streak"] = rec["streak"] + 1 if self.stop_at is not None and mean >= self.stop_at else 0
+        rec["held"] = self.stop_at is not None and rec["streak"] >= self.hold
+        if self.run_dir is not None:
+            _append_row(self.run_dir / "evaluations.csv", {
+                "env_steps": model.num_timesteps, "mean_return": mean, "std_return": r["std_return"],
+                "success_rate": r["success_rate"], "mean_length": r["mean_length"], "eval_time_s": rec["time_s"]})
+        return not rec["held"]
+
+
+def new_eval_record() -> dict[str, Any]:
+    """The state of :class:`EvalCallback`, kept on the model: JSON-able numbers only."""
+    return {"last_step": 0, "evaluations": 0, "best": None, "streak": 0, "held": False, "time_s": 0.0}
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)

@@ -41,5 +41,9 @@ def finish_run(model: Any, run_dir: str | Path, wall_time: float, episodes: int,
         "wall_time_s": round(wall_time, 2),
         **{k: v for k, v in result.items() if not isinstance(v, list)},
     }
+    rec = getattr(model, "eval_record", None)
+    if rec and rec["evaluations"]:  # --eval-every: the periodic evaluations, their time kept apart
+        summary.update({"evaluations": rec["evaluations"], "best_eval_return": rec["best"], "held": rec["held"],
+                        "eval_time_s": round(rec["time_s"], 2)})
     write_json(Path(run_dir) / "summary.json", summary)
     return summary

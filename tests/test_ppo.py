@@ -241,3 +241,23 @@ def test_dict_observations_train_through_learn() -> None:
     w = model.policy.pi.linear.weight.clone()
     model.learn(32, progress_bar=False)
     assert model.n_updates == 2 and not torch.equal(w, model.policy.pi.linear.weight)
+
+
+def test_stop_when_solved_and_stay_solved(tmp_path) -> None:
+    """--stop-at-return R --eval-every N --hold H: training stops after H evaluations in a row reach R,
+    the best model is kept in best/, and evaluations are logged apart."""
+    from recurl.checkpoint import read_run
+    from recurl.runs import finish_run
+
+    model = _model(env="recurl/TMaze-v0", env_kwargs={"length": 2}, eval_every=16, eval_episodes=4,
+                   stop_at_return=-100.0, hold=3)  # a bar every policy clears: stops after exactly 3 evals
+    model.learn(1600, run_dir=tmp_path, progress_bar=False)
+    assert model.eval_record["held"] and model.eval_record["evaluations"] == 3 and model.num_timesteps == 48
+    rows = (tmp_path / "evaluations.csv").read_text().strip().splitlines()
+    assert len(rows) == 4 and rows[1].startswith("16,")
+    assert read_run(tmp_path / "best").meta["algo"] == "ppo"
+    summary = finish_run(model, tmp_path, 1.0, episodes=2)
+    assert summary["held"] and summary["evaluations"] == 3 and summary["eval_time_s"] >= 0
+    never = _model(env="recurl/TMaze-v0", eval_every=32, eval_episodes=2, stop_at_return=100.0)
+    never.learn(96, progress_bar=False)
+    assert never.num_timesteps == 96 and never.eval_record["evaluations"] == 3 and not never.eval_record["held"]

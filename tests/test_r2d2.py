@@ -21,6 +21,7 @@ from recurl.algos.r2d2 import (
 from recurl.checkpoint import write_json
 from recurl.cli import main
 from recurl.data.sequence_replay import SequenceReplay, SequenceWriter
+from recurl.data.trajectories import load_dataset
 from recurl.evaluation import evaluate_policy
 from recurl.nn.recurrent import HardSigmoidCore
 from recurl.obs import ObsConverter
@@ -275,6 +276,10 @@ def test_cli_trains_evaluates_and_resumes(tmp_path, capsys) -> None:
     for f in ("model.safetensors", "config.json", "trainer.pt", "progress.csv"):
         assert (run / f).exists()
     assert main(["eval", str(run), "--episodes", "3", "--json"]) == 0
+    # an R2D2 run records (greedy Q acting through the collector) and exports like any other
+    assert main(["record", "--from", str(run), "--episodes", "3", "--out", str(tmp_path / "greedy-v0")]) == 0
+    assert len(load_dataset(tmp_path / "greedy-v0").episodes) == 3
+    assert main(["export", str(run), "--onnx", str(tmp_path / "q.onnx")]) == 0
     cfg = json.loads((run / "config.json").read_text())
     cfg["config"]["total_steps"] = 1200
     write_json(run / "config.json", cfg)

@@ -28,6 +28,7 @@ from recurl.checkpoint import (
 from recurl.collector import env_action
 from recurl.envs import make_vec_env
 from recurl.errors import RecurlError
+from recurl.evaluation import EvalCallback, new_eval_record
 from recurl.nn.recurrent import State
 from recurl.obs import ObsConverter, check_is_first, check_state
 from recurl.util import pick_device, set_seed, set_threads
@@ -80,6 +81,8 @@ class Algorithm:
     n_updates: int = 0
     #: ``(first, last)`` value of the step counter in the current learn call (resume continues it)
     _span: tuple[int, int] = (0, 0)
+    #: progress of the scheduled evaluations (:class:`~recurl.evaluation.EvalCallback`)
+    eval_record: dict[str, Any] = new_eval_record()
 
     def __init__(self, env: str | None = None, config: Any = None, **overrides: Any) -> None:
         cfg = config or self.config_class()
@@ -167,8 +170,18 @@ class Algorithm:
             self.num_timesteps = 0
         self.config = dataclasses.replace(self.config, total_steps=steps)  # config.json records the budget
         self._span = (self.num_timesteps, self.num_timesteps + steps)
-        self._train(run_dir, progress_bar, as_callbacks(callback), fresh=reset_num_timesteps)
+        self.eval_record = new_eval_record() | {"last_step": self.num_timesteps}
+        self._train(run_dir, progress_bar, as_callbacks(callback) + self._scheduled(run_dir),
+                    fresh=reset_num_timesteps)
         return self
+
+    def _scheduled(self, run_dir: str | Path | None) -> list[Callback]:
+        """The config's own callbacks: periodic evaluation and stopping when solved (``--eval-every``,
+        ``--stop-at-return``, ``--hold``), after the user's."""
+        cfg = self.config
+        if getattr(cfg, "eval_every", 0) < 1:
+            return []
+        return [EvalCallback(cfg.eval_every, cfg.eval_episodes, cfg.stop_at_return, cfg.hold, run_dir)]
 
     def _budget(self) -> int:
         """The length of a learn call's span, from the config (what a resumed run continues to)."""
@@ -208,12 +221,14 @@ class Algorithm:
     def _trainer_state(self) -> dict[str, Any]:
         """Everything resuming needs beyond the weights: optimizer, counters, the learn call's span."""
         return {"optimizer": self.optimizer.state_dict(), "num_timesteps": self.num_timesteps,
-                "n_updates": self.n_updates, "span": list(self._span), **self._algo_state()}
+                "n_updates": self.n_updates, "span": list(self._span), "eval_record": dict(self.eval_record),
+                **self._algo_state()}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
         self._span = (int(state["span"][0]), int(state["span"][1]))
+        self.eval_record = {**new_eval_record(), **state.get("eval_record", {})}
         self._restore_algo(state)
 
     def _algo_state(self) -> dict[str, Any]:
@@ -269,7 +284,7 @@ class Algorithm:
                                   f"done in {run_dir}")
             self.config = dataclasses.replace(self.config, total_steps=int(total_steps) - self._span[0])
         self._span = (self._span[0], self._span[0] + self._budget())
-        self._train(run_dir, progress, [], fresh=True)
+        self._train(run_dir, progress, self._scheduled(run_dir), fresh=True)
         return self
 
 

@@ -32,7 +32,7 @@ from torch import nn
 from recurl.algos.base import Algorithm, Callback, build_config
 from recurl.checkpoint import read_run
 from recurl.collector import Collector
-from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, Ranges, check_config
+from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, EvalSchedule, Ranges, check_config
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import RunningNorm
@@ -44,7 +44,7 @@ from recurl.obs import ObsConverter
 # Config
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(EvalSchedule):
     """Recurrent PPO settings. Every field is a ``recurl train`` flag (``--n-steps 64``)."""
 
     env: str = "recurl/TMaze-v0"
@@ -109,6 +109,7 @@ class PPOConfig:
     """Torch CPU threads (0: one, fastest for small networks; raise it for image encoders)."""
 
     RANGES: ClassVar[Ranges] = {
+        **EvalSchedule.RANGES,
         "num_envs": AT_LEAST_1, "total_steps": AT_LEAST_1, "seed": AT_LEAST_0, "n_steps": AT_LEAST_1,
         "seq_len": AT_LEAST_0, "batch_size": AT_LEAST_1, "n_epochs": AT_LEAST_1, "learning_rate": POSITIVE,
         "gamma": DISCOUNT, "gae_lambda": UNIT, "clip_range": POSITIVE, "clip_range_vf": POSITIVE,
@@ -122,6 +123,7 @@ class PPOConfig:
             raise RecurlError(f"bad PPO option: {msg}")
 
         check_config(self)
+        self.check_schedule()
         if self.n_steps % self.chunk_len:
             bad(f"--seq-len ({self.seq_len}) must divide --n-steps ({self.n_steps})")
         if self.batch_size % self.chunk_len or self.batch_size < self.chunk_len:

@@ -39,7 +39,18 @@ from torch import nn
 
 from recurl.algos.base import Algorithm, Callback
 from recurl.collector import Collector
-from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, OneOf, Ranges, check_config
+from recurl.config import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    DEVICE,
+    DISCOUNT,
+    POSITIVE,
+    UNIT,
+    EvalSchedule,
+    OneOf,
+    Ranges,
+    check_config,
+)
 from recurl.data.sequence_replay import SequenceBatch, SequenceReplay, SequenceWriter
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
@@ -73,7 +84,7 @@ class QNetworkConfig(NetworkConfig):
 
 
 @dataclass(frozen=True)
-class R2D2Config:
+class R2D2Config(EvalSchedule):
     """R2D2 settings. Every field is a ``recurl train --algo r2d2`` flag (``--seq-len 20``)."""
 
     env: str = "recurl/SwampTour-ruin_2swamp-v0"
@@ -153,6 +164,7 @@ class R2D2Config:
     """Torch CPU threads (0: one, fastest for small networks)."""
 
     RANGES: ClassVar[Ranges] = {
+        **EvalSchedule.RANGES,
         "num_envs": AT_LEAST_1, "total_steps": AT_LEAST_1, "seed": AT_LEAST_0, "seq_len": AT_LEAST_1,
         "overlap": AT_LEAST_0, "burn_in": AT_LEAST_0, "bptt": AT_LEAST_0, "n_step": AT_LEAST_1, "gamma": DISCOUNT,
         "target_update_every": AT_LEAST_1, "priority_eta": UNIT, "priority_exponent": AT_LEAST_0,
@@ -168,6 +180,7 @@ class R2D2Config:
             raise RecurlError(f"bad R2D2 option: {msg}")
 
         check_config(self)
+        self.check_schedule()
         if self.overlap >= self.seq_len:
             bad(f"--overlap ({self.overlap}) must be below --seq-len ({self.seq_len})")
         if self.batch_size > self.replay_capacity:  # the learner would wait forever for a full batch
