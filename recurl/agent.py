@@ -30,7 +30,7 @@ from recurl.collector import ActionQueue, env_action
 from recurl.errors import RecurlError
 from recurl.export import export_onnx
 from recurl.nn.recurrent import State
-from recurl.obs import ObsConverter, check_is_first, check_state
+from recurl.obs import ObsConverter, check_is_first, check_mask, check_state
 from recurl.runs import load_model
 from recurl.util import set_threads
 
@@ -53,6 +53,7 @@ class Agent:
         self.action_space = model.action_space
         self.deterministic = deterministic
         self.action_delay = int(getattr(model, "action_delay", 0))
+        self.masked = bool(getattr(model, "masked", False))  # then every act call takes the valid actions
         set_threads(getattr(model.config, "threads", 0))  # one torch thread unless configured: fastest here
         self._obs_conv = ObsConverter(self.observation_space)
         # backend "onnx": the acting step runs as `recurl export`'s graph of the actor under ONNX Runtime
@@ -98,7 +99,7 @@ class Agent:
         self._pending_first = torch.ones(n_envs, dtype=torch.bool, device=self.device)
 
     # -- acting -------------------------------------------------------------------------------------------
-    def act(self, obs: Any, state: State | None = None, is_first: Any = None) -> Any:
+    def act(self, obs: Any, state: State | None = None, is_first: Any = None, action_mask: Any = None) -> Any:
         """Choose actions for one observation or a batch ``[N, ...]``.
 
         Stateful (``state`` omitted): uses and updates the state set up by :meth:`reset`; ``N`` must equal
@@ -109,11 +110,17 @@ class Agent:
         ``(action, new_state)`` and leaves the internal state alone. ``state`` is a tuple of
         ``[layers, N, hidden_size]`` tensors (or arrays); ``is_first`` defaults to all false.
 
+        ``action_mask`` (``[N, n]`` bools, the env's ``action_masks()``) is required for a policy trained
+        with masks: the chosen action is always a valid one.
+
         Raises :class:`RecurlError` for an observation of the wrong shape, dtype or range, NaN, a batch
         that does not match the state, or a stateful call before :meth:`reset`.
         """
         # The onnx backend stays in numpy from the user's array to the action: no torch call per step.
         x, n, batched = self._obs_conv.check(obs) if self._onnx else self._obs_conv.from_user(obs, self.device)
+        mask = check_mask(action_mask, n, self.action_space, self.masked)
+        if mask is not None and self._onnx is None:
+            mask = torch.as_tensor(mask, device=self.device)
         if state is None:
             if self._state is None:
                 raise RecurlError("call agent.reset(n_envs) before agent.act(obs), or pass a state")
@@ -123,22 +130,22 @@ class Agent:
             first, user_first = self._pending_first, self._is_first(is_first, n)
             if user_first is not None:
                 first = user_first if first is None else first | user_first
-            action, self._state = self._step(x, self._state, first)
+            action, self._state = self._step(x, self._state, first, mask)
             self._pending_first = None
             action = self._queue(action, np.zeros(n, bool) if first is None else first.cpu().numpy())
             return action if batched else action[0]
-        action, new_state = self._step(x, self._check_state(state, n), self._is_first(is_first, n))
+        action, new_state = self._step(x, self._check_state(state, n), self._is_first(is_first, n), mask)
         return (action if batched else action[0]), new_state
 
-    def _step(self, x: Any, state: State, is_first: torch.Tensor | None) -> tuple[np.ndarray, State]:
+    def _step(self, x: Any, state: State, is_first: torch.Tensor | None, mask: Any) -> tuple[np.ndarray, State]:
         """Actor-only step: ``x`` obs ``[N, ...]`` (numpy for onnx, torch otherwise), ``state``
         ``[layers, N, H]``, ``is_first[N]`` bool (``None``: no episode starts, the common case, which skips
-        the reset arithmetic)."""
+        the reset arithmetic), the valid actions ``mask[N, n]`` (or ``None``)."""
         if self._onnx is not None:
-            action, new_state = self._onnx(x, state, is_first)
+            action, new_state = self._onnx(x, state, is_first, mask)
             return env_action(self.action_space, action), new_state
         with torch.inference_mode():
-            dist, new_state = self.policy.act(x, state, is_first)
+            dist, new_state = self.policy.act(x, state, is_first, mask)
             action = dist.mode() if self.deterministic else dist.sample()
         return env_action(self.action_space, action), new_state
 
@@ -173,7 +180,8 @@ class _OnnxStep:
         self.state_shapes = [tuple(meta["state_shape"])] * len(self.state_in)
         self.outputs = ["action", *self.state_out]
 
-    def __call__(self, x: Any, state: tuple, is_first: torch.Tensor | None) -> tuple[np.ndarray, tuple]:
+    def __call__(self, x: Any, state: tuple, is_first: torch.Tensor | None,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
         """``x``: validated numpy obs ``[N, ...]`` (or a dict of them); ``state``: ``[layers, N, H]`` arrays."""
         leaves = [x[k[4:]] for k in self.obs_names] if isinstance(x, dict) else [x]
         feed = {name: leaf.astype(self.dtypes[name], copy=False) for name, leaf in zip(self.obs_names, leaves)}
@@ -182,5 +190,7 @@ class _OnnxStep:
             n = leaves[0].shape[0]
             feed["is_first"] = (np.zeros(n, np.float32) if is_first is None
                                 else is_first.cpu().numpy().astype(np.float32))
+        if mask is not None:
+            feed["action_mask"] = mask.astype(np.float32)
         action, *new_state = self.session.run(self.outputs, feed)
         return action, tuple(new_state)

@@ -14,11 +14,14 @@ side of the recurrent-state contract, so that it is written once:
   (:class:`ActionQueue`), the run-time side of behaviour cloning's action delay.
 - Env output is checked every step (shape, dtype, NaN/inf observations and rewards), and a problem is
   one :class:`~recurl.errors.RecurlError` naming the env, the step and the sub-env.
+- Action masks, when the env has them (sb3-contrib's ``action_masks()`` method, or PettingZoo's
+  ``action_mask`` key of a Dict observation): :attr:`Collector.action_mask` ``[N, n]`` bool for the
+  current observations, checked (right width, at least one valid action per env).
 - Episode statistics (return, length, success) and, on request, the finished episodes themselves.
 
 A caller's loop is two lines per step::
 
-    dist, new_state = policy.act(col.obs, col.state, col.is_first)
+    dist, new_state = policy.act(col.obs, col.state, col.is_first, col.action_mask)
     step = col.step(dist.sample(), new_state)
 """
 
@@ -136,6 +139,30 @@ class EpisodeStats:
 # ---------------------------------------------------------------------------------------------------
 # The collector
 # ---------------------------------------------------------------------------------------------------
+def mask_width(space: gym.Space) -> int:
+    """Width of an action mask for ``space``: ``n`` (Discrete), ``sum(nvec)`` (1-D MultiDiscrete)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return int(np.sum(space.nvec))
+    raise RecurlError(f"action masks need a Discrete or MultiDiscrete action space, not {space}")
+
+
+def mask_source(env: gym.vector.VectorEnv) -> str | None:
+    """Where ``env``'s action masks come from: ``"obs"`` (an ``action_mask`` key of a Dict observation),
+    ``"vector"`` (the vector env's own ``action_masks()``), ``"call"`` (each sub-env's ``action_masks()``),
+    or ``None`` (no masks)."""
+    space = env.single_observation_space
+    if isinstance(space, gym.spaces.Dict) and "action_mask" in space.spaces:
+        return "obs"
+    if callable(getattr(env.unwrapped, "action_masks", None)):
+        return "vector"
+    subs = getattr(env.unwrapped, "envs", None)
+    if subs and callable(getattr(subs[0].unwrapped, "action_masks", None)):
+        return "call"
+    return None
+
+
 def _env_name(env: gym.vector.VectorEnv) -> str:
     """The registered id of a vector env's sub-envs, else their class name (for error messages)."""
     sub = getattr(env, "envs", [None])[0]
@@ -187,19 +214,23 @@ class Collector:
         env_id: the env's name in error messages.
         policy_actions: actions passed to :meth:`step` are the policy's (indexed from 0, mapped by
             :func:`env_action`); false for a scripted expert that already speaks the env's actions.
+        masks: read the env's action masks when it has them (false: ignore them, an unmasked baseline).
 
     The policy's state is opaque here (any tuple of tensors): :meth:`step` stores what the policy returned,
     and :attr:`state` hands it back for the next step.
     """
 
     def __init__(self, env: gym.vector.VectorEnv, device: torch.device | str = "cpu", action_delay: int = 0,
-                 record: bool = False, env_id: str | None = None, policy_actions: bool = True) -> None:
+                 record: bool = False, env_id: str | None = None, policy_actions: bool = True,
+                 masks: bool = True) -> None:
         self.env, self.device = env, torch.device(device)
         self.num_envs = n = env.num_envs
         self.env_id = env_id or _env_name(env)
         self.conv = ObsConverter(env.single_observation_space)
         self.action_space = env.single_action_space
         self.queue = ActionQueue(self.action_space, n, action_delay)
+        self.mask_source = mask_source(env) if masks else None
+        self.action_mask: torch.Tensor | None = None  # [N, n] bool, when the env has masks
         self.stats = EpisodeStats()
         self.record = record
         self.policy_actions = policy_actions
@@ -268,6 +299,25 @@ class Collector:
     def _set_obs(self, obs: Any) -> None:
         self._check_obs(obs)
         self.obs = self.conv.to_torch(obs, self.device)
+        if self.mask_source is not None:
+            self.action_mask = self._read_masks(obs)
+
+    def _read_masks(self, obs: Any) -> torch.Tensor:
+        """The valid-action masks of the current observations, checked: ``[N, n]`` bool."""
+        if self.mask_source == "obs":
+            m = obs["action_mask"]
+        elif self.mask_source == "vector":
+            m = self.env.unwrapped.action_masks()
+        else:
+            m = np.stack(self.env.call("action_masks"))
+        m = np.asarray(m).astype(bool).reshape(self.num_envs, -1)
+        if m.shape[1] != mask_width(self.action_space):
+            raise RecurlError(f"env {self.env_id} gave action masks of width {m.shape[1]} at step {self.t}, expected "
+                              f"{mask_width(self.action_space)} for {self.action_space}")
+        if not m.any(1).all():
+            raise RecurlError(f"env {self.env_id} masked every action of sub-env {int(np.flatnonzero(~m.any(1))[0])} "
+                              f"at step {self.t}: at least one action must be valid")
+        return torch.as_tensor(m, device=self.device)
 
     def _check_obs(self, obs: Any) -> None:
         """Env output is trusted by the policy: check it here, once per step, and name the culprit."""

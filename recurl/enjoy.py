@@ -33,7 +33,8 @@ def enjoy(run_dir: str | Path, episodes: int = 3, seed: int = 0, gif: str | None
     if mode not in modes:
         env.close()
         raise RecurlError(f"{model.config.env} has no {mode} rendering (it offers {modes or 'none'})")
-    col = Collector(env, model.device, action_delay=model.action_delay, env_id=model.config.env)
+    col = Collector(env, model.device, action_delay=model.action_delay, env_id=model.config.env,
+                    masks=bool(model.config.policy.action_masks))
     col.reset(seed, model.policy.initial_act_state(1, model.device))
     frames, done = [], 0
     while done < episodes:
@@ -43,7 +44,7 @@ def enjoy(run_dir: str | Path, episodes: int = 3, seed: int = 0, gif: str | None
                 frames.append(np.asarray(frame))
             else:
                 sys.stdout.write(f"--- episode {done + 1}\n{frame}")
-        dist, state = model.policy.act(col.obs, col.state, col.is_first)
+        dist, state = model.policy.act(col.obs, col.state, col.is_first, col.action_mask)
         step = col.step(dist.mode(), state)
         if step.finished.size:
             done += 1

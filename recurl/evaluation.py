@@ -20,7 +20,8 @@ class ActingPolicy(Protocol):
 
     def initial_act_state(self, batch: int, device: torch.device | str | None = None) -> tuple: ...
 
-    def act(self, obs: Any, state: tuple, is_first: torch.Tensor | None) -> tuple[Any, tuple]: ...
+    def act(self, obs: Any, state: tuple, is_first: torch.Tensor | None,
+            mask: torch.Tensor | None = None) -> tuple[Any, tuple]: ...
 
     def eval(self) -> Any: ...
 
@@ -46,6 +47,7 @@ def run_episodes(
     deterministic: bool = True,
     device: torch.device | str = "cpu",
     action_delay: int = 0,
+    masks: bool = True,
 ) -> dict[str, Any]:
     """Play exactly ``n_episodes`` through the :class:`~recurl.collector.Collector` (the first ones to finish
     are not favoured: each env plays a fixed quota).
@@ -59,7 +61,7 @@ def run_episodes(
         raise RecurlError(f"n_episodes must be >= 1, got {n_episodes}")
     n = env.num_envs
     quota = np.full(n, n_episodes // n) + (np.arange(n) < n_episodes % n)
-    col = Collector(env, device, action_delay=action_delay)
+    col = Collector(env, device, action_delay=action_delay, masks=masks)
     optimal = np.full(n, np.nan)  # per-env optimum of the current episode, when the env reports one
     _note_optimal(optimal, col.reset(seed, policy.initial_act_state(n, device)))
     returns: list[float] = []
@@ -68,7 +70,7 @@ def run_episodes(
     optima: list[float] = []
     done_count = np.zeros(n, np.int64)
     while (done_count < quota).any():
-        dist, state = policy.act(col.obs, col.state, col.is_first)
+        dist, state = policy.act(col.obs, col.state, col.is_first, col.action_mask)
         step = col.step(dist.mode() if deterministic else dist.sample(), state)
         for i, ret, length in zip(step.finished, step.episode_returns, step.episode_lengths):
             if done_count[i] >= quota[i]:
@@ -114,7 +116,8 @@ def evaluate_policy(model: ActingModel, env: gym.vector.VectorEnv | None = None,
     env = env or model.make_env(min(num_envs, n_episodes))
     try:
         model.policy.eval()
-        return run_episodes(model.policy, env, n_episodes, seed, deterministic, model.device, model.action_delay)
+        return run_episodes(model.policy, env, n_episodes, seed, deterministic, model.device, model.action_delay,
+                            bool(model.config.policy.action_masks))
     finally:
         model.policy.train()
         if own:

@@ -7,7 +7,8 @@ actor (the critic is not needed to act), R2D2 its Q-network (greedy action):
 - inputs: the observation (``obs``, or ``obs.<key>`` per key of a Dict space, in sorted key order), the
   acting state's tensors ``[layers, B, H]`` (``h_in`` and, for LSTM, ``c_in``) and ``is_first`` float32
   ``[B]`` (1.0 where the observation starts an episode: the graph zeroes that env's incoming state,
-  exactly like the PyTorch core; a memoryless ``none`` core has neither state nor ``is_first``);
+  exactly like the PyTorch core; a memoryless ``none`` core has neither state nor ``is_first``), and for a
+  policy trained with action masks ``action_mask`` float32 ``[B, n]`` (1.0 where the action is valid);
 - outputs: ``action`` (argmax, or the Gaussian mean clipped to the action bounds), then ``logits``
   (Discrete, MultiDiscrete), ``mean`` and ``log_std`` (Box) or ``q`` (R2D2), then the new state
   (``h_out``, ``c_out``).
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from recurl.checkpoint import space_to_json
-from recurl.collector import default_action
+from recurl.collector import default_action, mask_width
 from recurl.errors import RecurlError
 from recurl.obs import _torch_dtype
 from recurl.runs import load_model
@@ -62,14 +63,18 @@ class OnnxStep(nn.Module):
 
     ``forward(*obs_leaves, *state, is_first)`` with obs leaves ``[B, ...]`` in :func:`obs_input_names`
     order, state tensors ``[layers, B, H]`` in ``policy.act_state_names`` order and ``is_first`` float
-    ``[B]``. Returns ``(action, *dist.outputs(), *new_state)``.
+    ``[B]`` (when there is a state), then ``action_mask`` float ``[B, n]`` (masked policies).
+    Returns ``(action, *dist.outputs(), *new_state)``.
     """
 
-    def __init__(self, policy: nn.Module, observation_space: gym.Space, action_space: gym.Space) -> None:
+    def __init__(self, policy: nn.Module, observation_space: gym.Space, action_space: gym.Space,
+                 masked: bool = False) -> None:
         super().__init__()
         self.policy = policy
         self.keys = _leaf_keys(observation_space)
         self.n_state = len(policy.act_state_names)
+        self.masked = masked
+        self.mask_width = mask_width(action_space) if masked else 0
         self.box = isinstance(action_space, gym.spaces.Box)
         if self.box:
             self.register_buffer("low", torch.as_tensor(np.asarray(action_space.low, np.float32).reshape(-1)))
@@ -83,8 +88,8 @@ class OnnxStep(nn.Module):
         return (action, *dist.outputs().values(), *new_state)
 
 
-def _example_inputs(policy: nn.Module, observation_space: gym.Space, batch: int,
-                    seed: int = 0) -> list[torch.Tensor]:
+def _example_inputs(policy: nn.Module, observation_space: gym.Space, batch: int, seed: int = 0,
+                    mask_width: int = 0) -> list[torch.Tensor]:
     """Random valid inputs for a batch: observations from the space, random state, mixed ``is_first``."""
     gen = torch.Generator().manual_seed(seed)
     spaces = observation_space.spaces if isinstance(observation_space, gym.spaces.Dict) else {None: observation_space}
@@ -98,7 +103,12 @@ def _example_inputs(policy: nn.Module, observation_space: gym.Space, batch: int,
         leaves.append(torch.as_tensor(a, dtype=_torch_dtype(space)))
     state = [torch.randn(s.shape, generator=gen) for s in policy.initial_act_state(batch, "cpu")]
     is_first = [(torch.arange(batch) % 2).float()] if state else []
-    return [*leaves, *state, *is_first]
+    masks = []
+    if mask_width:  # random masks with the first action always valid
+        m = (torch.rand(batch, mask_width, generator=gen) < 0.6).float()
+        m[:, 0] = 1.0
+        masks = [m]
+    return [*leaves, *state, *is_first, *masks]
 
 
 def _describe(name: str, t: torch.Tensor) -> dict[str, Any]:
@@ -109,7 +119,7 @@ def interface(model: Any, step: OnnxStep) -> dict[str, Any]:
     """The exported graph's interface as JSON (stored in ``metadata_props["recurl"]``); shapes use ``"B"``
     for the dynamic batch axis. Output names and shapes come from running ``step`` once."""
     policy, obs_space, act_space = step.policy, model.observation_space, model.action_space
-    example = _example_inputs(policy, obs_space, batch=2)
+    example = _example_inputs(policy, obs_space, batch=2, mask_width=step.mask_width)
     with torch.no_grad():
         dist, state = policy.act(*_split(step, example))
     names = list(policy.act_state_names)
@@ -131,7 +141,8 @@ def interface(model: Any, step: OnnxStep) -> dict[str, Any]:
         # A memoryless core has no state and so no use for is_first: the exporter drops unused inputs.
         "inputs": [*(_describe(n, t) for n, t in zip(obs_input_names(obs_space), example[:n_obs])),
                    *({"name": f"{n}_in", "shape": state_shape, "dtype": "float32"} for n in names),
-                   *([{"name": "is_first", "shape": ["B"], "dtype": "float32"}] if names else [])],
+                   *([{"name": "is_first", "shape": ["B"], "dtype": "float32"}] if names else []),
+                   *([_describe("action_mask", example[-1])] if step.masked else [])],
         "outputs": [_describe("action", step(*example)[0]), *(_describe(k, v) for k, v in dist.outputs().items()),
                     *({"name": f"{n}_out", "shape": state_shape, "dtype": "float32"} for n in names)],
         "state_inputs": [f"{n}_in" for n in names],
@@ -140,12 +151,14 @@ def interface(model: Any, step: OnnxStep) -> dict[str, Any]:
     }
 
 
-def _split(step: OnnxStep, inputs: list[torch.Tensor]) -> tuple[Any, tuple, torch.Tensor | None]:
-    """Graph inputs -> ``(obs, state, is_first)`` as ``policy.act`` takes them."""
+def _split(step: OnnxStep, inputs: list[torch.Tensor]) -> tuple[Any, tuple, torch.Tensor | None,
+                                                                torch.Tensor | None]:
+    """Graph inputs -> ``(obs, state, is_first, mask)`` as ``policy.act`` takes them."""
     n_obs = len(step.keys)
     leaves, state = inputs[:n_obs], tuple(inputs[n_obs : n_obs + step.n_state])
     obs = leaves[0] if step.keys == [None] else dict(zip(step.keys, leaves))
-    return obs, state, (inputs[-1] > 0.5 if step.n_state else None)
+    is_first = inputs[n_obs + step.n_state] > 0.5 if step.n_state else None
+    return obs, state, is_first, (inputs[-1] > 0.5 if step.masked else None)
 
 
 def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool = True) -> dict[str, Any]:
@@ -162,12 +175,12 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool =
     if isinstance(model, str | Path):
         model = load_model(model, device="cpu")
     policy = copy.deepcopy(model.policy).cpu().eval().requires_grad_(False)
-    step = OnnxStep(policy, model.observation_space, model.action_space).eval()
+    step = OnnxStep(policy, model.observation_space, model.action_space, bool(getattr(model, "masked", False))).eval()
     meta = interface(model, step)
     in_names = [d["name"] for d in meta["inputs"]]
     out_names = [d["name"] for d in meta["outputs"]]
     dyn = {d["name"]: {d["shape"].index("B"): "B"} for d in [*meta["inputs"], *meta["outputs"]]}
-    example = _example_inputs(policy, model.observation_space, batch=2)  # 2: no size-1 axis baked in
+    example = _example_inputs(policy, model.observation_space, batch=2, mask_width=step.mask_width)  # 2: no 1-axis
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and RNN batch-size notes
@@ -192,7 +205,7 @@ def _verify_runtime(data: bytes, step: OnnxStep, obs_space: gym.Space, in_names:
         import onnxruntime as ort
     except ImportError:
         return
-    inputs = _example_inputs(step.policy, obs_space, batch=3, seed=1)
+    inputs = _example_inputs(step.policy, obs_space, batch=3, seed=1, mask_width=step.mask_width)
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = sess.run(None, {n: t.numpy() for n, t in zip(in_names, inputs)})
     with torch.no_grad():

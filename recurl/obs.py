@@ -145,3 +145,22 @@ def check_state(state: Any, shapes: list[tuple[int, int]], n: int) -> list[np.nd
                               "previous call, or None")
         out.append(a)
     return out
+
+
+def check_mask(mask: Any, n: int, action_space: gym.Space, required: bool) -> np.ndarray | None:
+    """A user's valid-action masks -> ``[n, width]`` bool (``None`` passes when not ``required``)."""
+    if mask is None:
+        if required:
+            raise RecurlError("this policy was trained with action masks: pass action_masks, [N, n] bools "
+                              "(the env's action_masks())")
+        return None
+    width = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else \
+        int(np.sum(getattr(action_space, "nvec", 0)))
+    a = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
+    if a.size != n * width or a.dtype.kind not in "biu":
+        raise RecurlError(f"action masks must be {n} x {width} bools for {action_space}, got shape {a.shape} "
+                          f"of {a.dtype}")
+    a = a.reshape(n, width).astype(bool)
+    if not a.any(1).all():
+        raise RecurlError("action masks leave no valid action for some observation: at least one must be true")
+    return a

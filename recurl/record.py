@@ -90,14 +90,14 @@ def record_run(run_dir: str | Path, out: str | Path, episodes: int, env_id: str 
     env_id = resolve_env_id(cfg.env if env_id is None else env_id)
     env_kwargs = dict(cfg.env_kwargs) if same_env else {}
     col = Collector(make_vec_env(env_id, 1, env_kwargs), model.device, model.action_delay, record=True,
-                    env_id=env_id)
+                    env_id=env_id, masks=bool(model.config.policy.action_masks))
     recorded: list[Episode] = []
     successes: list[float] = []
     try:
         model.policy.eval()
         col.reset(seed, model.policy.initial_act_state(1, model.device))
         while len(recorded) < episodes:
-            dist, state = model.policy.act(col.obs, col.state, col.is_first)
+            dist, state = model.policy.act(col.obs, col.state, col.is_first, col.action_mask)
             step = col.step(dist.mode() if deterministic else dist.sample(), state)
             if step.finished.size and (ok := step.success(0)) is not None:
                 successes.append(float(ok))

@@ -151,7 +151,7 @@ def test_burn_in_carries_no_gradient_and_priorities_update() -> None:
     state, first = m.policy.initial_state(1), torch.ones(1, dtype=torch.bool)
     while len(replay) < 8:
         o = m.obs_conv.to_torch(obs, m.device)
-        dist, new_state = m.policy.act(o, state, first, 0.5)
+        dist, new_state = m.policy.act(o, state, first, epsilon=0.5)
         a = dist.sample()
         obs, r, te, tr, _ = env.step(a.numpy())
         writer.add(np.array([0]), o, state, a, r, te, tr, first, m.obs_conv.to_torch(obs, m.device))
@@ -185,6 +185,8 @@ def _priorities_by_hand(cfg, online, target, batch) -> np.ndarray:
     with torch.no_grad():
         q_on = online.unroll(batch.obs, batch.state0, batch.is_first)[0][L:]
         q_tg = target.unroll(batch.obs, batch.state0, batch.is_first)[0][L:]
+    if batch.masks is not None:  # only valid actions bootstrap
+        q_on = q_on.masked_fill(~batch.masks[L:], -1e8)
     q_next = inverse_value_rescale(q_tg.gather(-1, q_on.argmax(-1, keepdim=True)).squeeze(-1))
     G = n_step_targets(batch.rewards[L:], batch.terminated[L:], batch.valid[L:], q_next, cfg.gamma, cfg.n_step)
     q_taken = q_on[:-1].gather(-1, batch.actions[L:].unsqueeze(-1)).squeeze(-1)
@@ -200,7 +202,7 @@ def _actor_batch(m: R2D2, n: int = 16):
     while len(m.replay) < n:
         obs, state, first = col.obs, col.state, col.is_first
         with torch.no_grad():
-            dist, new_state = m.policy.act(obs, state, first, 0.3)
+            dist, new_state = m.policy.act(obs, state, first, epsilon=0.3)
         action = dist.sample()
         step = col.step(action, new_state)
         m.writer.add(np.flatnonzero(step.valid), obs, state, action, step.reward, step.terminated,
@@ -218,6 +220,22 @@ def test_learner_uses_burn_in_and_double_q() -> None:
             p.add_(0.3 * torch.randn_like(p))
     batch = _actor_batch(m)
     assert any(s.abs().sum() > 0 for s in batch.state0), "windows start from stored, non-zero states"
+    _, prio, _ = m._loss(batch)
+    np.testing.assert_allclose(prio.numpy(), _priorities_by_hand(m.config, m.policy, m.target, batch),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_masked_targets_bootstrap_on_valid_actions_only() -> None:
+    """With action masks the double-Q bootstrap action is the best *valid* one at the next observation."""
+    from test_masking import RandomMasks  # noqa: F401 - registers recurl-test/RandomMasks-v0
+
+    m = R2D2("recurl-test/RandomMasks-v0", num_envs=4, learning_starts=64, batch_size=8, train_every=4, seq_len=6,
+             overlap=0, burn_in=0, n_step=1, device="cpu", policy={"hidden_size": 16})
+    m.learn(400, progress_bar=False)
+    with torch.no_grad():
+        for p in m.target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    batch = m.replay.sample(16, 0.6, m.device)
     _, prio, _ = m._loss(batch)
     np.testing.assert_allclose(prio.numpy(), _priorities_by_hand(m.config, m.policy, m.target, batch),
                                rtol=1e-4, atol=1e-6)

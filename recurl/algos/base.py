@@ -25,12 +25,12 @@ from recurl.checkpoint import (
     space_to_json,
     write_checkpoint,
 )
-from recurl.collector import env_action
+from recurl.collector import env_action, mask_source
 from recurl.envs import make_vec_env
 from recurl.errors import RecurlError
 from recurl.evaluation import EvalCallback, new_eval_record
 from recurl.nn.recurrent import State
-from recurl.obs import ObsConverter, check_is_first, check_state
+from recurl.obs import ObsConverter, check_is_first, check_mask, check_state
 from recurl.util import pick_device, set_seed, set_threads
 from recurl.version import __version__
 
@@ -101,9 +101,25 @@ class Algorithm:
         probe = self.make_env(1)
         self.observation_space = probe.single_observation_space
         self.action_space = probe.single_action_space
+        self._resolve_masks(mask_source(probe))
         probe.close()
         self._check_spaces()
         self._build(self.observation_space, self.action_space)
+
+    def _resolve_masks(self, source: str | None) -> None:
+        """``policy.action_masks`` None -> whether the env has masks; true without masks is an error."""
+        want = self.config.policy.action_masks
+        if want and source is None:
+            raise RecurlError(f"--action-masks true, but {self.config.env} has no action masks (an action_masks() "
+                              "method or an action_mask observation key)")
+        if want is None:
+            self.config = dataclasses.replace(self.config, policy=dataclasses.replace(
+                self.config.policy, action_masks=source is not None))
+
+    @property
+    def masked(self) -> bool:
+        """Whether the policy acts with action masks (then ``predict``, the Agent and ONNX take them)."""
+        return bool(self.config.policy.action_masks)
 
     # -- acting ------------------------------------------------------------------------------------------
     @property
@@ -111,9 +127,10 @@ class Algorithm:
         """Steps between choosing an action and executing it (behaviour cloning's ``action_delay``; else 0)."""
         return int(getattr(self.config, "action_delay", 0))
 
-    def _act(self, obs: Any, state: State, is_first: torch.Tensor) -> tuple[Any, State]:
+    def _act(self, obs: Any, state: State, is_first: torch.Tensor,
+             mask: torch.Tensor | None) -> tuple[Any, State]:
         """One acting step of the policy (a hook: R2D2 passes its exploration epsilon)."""
-        return self.policy.act(obs, state, is_first)
+        return self.policy.act(obs, state, is_first, mask)
 
     def predict(
         self,
@@ -121,6 +138,7 @@ class Algorithm:
         state: tuple[np.ndarray, ...] | None = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """Act on one observation or a batch, threading the recurrent state (SB3's signature).
 
@@ -128,6 +146,8 @@ class Algorithm:
             observation: one observation (shape of the observation space) or a batch ``[N, ...]``.
             state: the state returned by the previous call (``None``: zero state, episode start).
             episode_start: ``[N]`` bools, true where ``observation`` starts a new episode.
+            action_masks: ``[N, n]`` bools, the valid actions (sb3-contrib's MaskablePPO argument); needed
+                when the policy was trained with masks.
         Returns ``(action, state)``: actions ``[N, ...]`` (or one action for an unbatched observation) and
         the new state, the actor's tensors as float32 arrays ``[layers, N, H]`` (named by
         ``policy.act_state_names``; the same state as :meth:`recurl.Agent.act` and the ONNX graph carry).
@@ -144,8 +164,10 @@ class Algorithm:
             is_first = torch.full((n,), state is None, dtype=torch.bool, device=self.device)
         else:
             is_first = torch.as_tensor(check_is_first(episode_start, n, "episode_start"), device=self.device)
+        mask = check_mask(action_masks, n, self.action_space, self.masked)
         with torch.inference_mode():
-            dist, new_state = self._act(obs, torch_state, is_first)
+            dist, new_state = self._act(obs, torch_state, is_first,
+                                        None if mask is None else torch.as_tensor(mask, device=self.device))
             action = dist.mode() if deterministic else dist.sample()
         a = env_action(self.action_space, action)
         return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)

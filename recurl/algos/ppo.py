@@ -31,7 +31,7 @@ from torch import nn
 
 from recurl.algos.base import Algorithm, Callback, build_config
 from recurl.checkpoint import read_run
-from recurl.collector import Collector
+from recurl.collector import Collector, mask_width
 from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, EvalSchedule, Ranges, check_config
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
@@ -191,7 +191,7 @@ class RolloutBuffer:
     """``n_steps x num_envs`` transitions on the training device; states only at chunk starts."""
 
     def __init__(self, cfg: PPOConfig, obs_conv: ObsConverter, act_shape: tuple[int, ...],
-                 act_dtype: torch.dtype, device: torch.device) -> None:
+                 act_dtype: torch.dtype, device: torch.device, mask_width: int = 0) -> None:
         T, B = cfg.n_steps, cfg.num_envs
         self.obs = obs_conv.empty((T, B), device)
         self.actions = torch.zeros((T, B, *act_shape), dtype=act_dtype, device=device)
@@ -202,6 +202,8 @@ class RolloutBuffer:
         self.valid = torch.zeros(T, B, dtype=torch.bool, **z)
         self.terminated = torch.zeros(T, B, dtype=torch.bool, **z)
         self.truncated = torch.zeros(T, B, dtype=torch.bool, **z)
+        # valid-action masks of the observations acted on, when the env has them ([T, B, n])
+        self.masks = torch.ones(T, B, mask_width, dtype=torch.bool, **z) if mask_width else None
         self.chunk_states: list[ActorCriticState] = []
         self.teacher_states: list[ActorCriticState] = []
 
@@ -285,9 +287,12 @@ class RecurrentPPO(Algorithm):
             self.obs_conv.write(buf.obs, t, col.obs)
             buf.is_first[t] = col.is_first
             buf.valid[t] = torch.as_tensor(col.valid, device=self.device)
+            mask = col.action_mask
+            if buf.masks is not None:
+                buf.masks[t] = mask
             if self.teacher is not None:
-                _, _, t_state = self.teacher.step(col.obs, t_state, col.is_first)
-            dist, value, state = pol.step(col.obs, state, col.is_first)
+                _, _, t_state = self.teacher.step(col.obs, t_state, col.is_first, mask)
+            dist, value, state = pol.step(col.obs, state, col.is_first, mask)
             action = dist.sample()
             buf.actions[t] = action
             buf.logp[t] = dist.log_prob(action)
@@ -298,7 +303,7 @@ class RecurrentPPO(Algorithm):
             buf.terminated[t] = torch.as_tensor(step.terminated, device=self.device)
             buf.truncated[t] = torch.as_tensor(step.truncated, device=self.device)
         # Bootstrap value of the observation after the rollout; the state is not advanced by it.
-        _, buf.values[cfg.n_steps], _ = pol.step(col.obs, col.state[0], col.is_first)
+        _, buf.values[cfg.n_steps], _ = pol.step(col.obs, col.state[0], col.is_first, col.action_mask)
 
     def _scale_reward(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Divide by the running std of the discounted return (SB3 VecNormalize's scheme)."""
@@ -328,6 +333,7 @@ class RecurrentPPO(Algorithm):
             "returns": _to_sequences(returns, L),
             "is_first": _to_sequences(buf.is_first, L),
             "valid": _to_sequences(buf.valid, L),
+            "mask": None if buf.masks is None else _to_sequences(buf.masks, L),
         }
         return seq, _stack_states(buf.chunk_states), _stack_states(buf.teacher_states), returns
 
@@ -347,7 +353,7 @@ class RecurrentPPO(Algorithm):
             for start in range(0, n_seq - cfg.seqs_per_batch + 1, cfg.seqs_per_batch):
                 idx = perm[start : start + cfg.seqs_per_batch]
                 mb = seq if one_batch else {k: self.obs_conv.map(v, lambda x, idx=idx: x[:, idx]) if k == "obs"
-                                            else v[:, idx] for k, v in seq.items()}
+                                            else None if v is None else v[:, idx] for k, v in seq.items()}
                 mb_states = states if one_batch else states.map(lambda s, idx=idx: s[:, idx])
                 mb_teacher = teacher_states if one_batch else teacher_states.map(lambda s, idx=idx: s[:, idx])
                 loss, stats = self._loss(mb, mb_states, mb_teacher, clip)
@@ -392,7 +398,7 @@ class RecurrentPPO(Algorithm):
         def masked_mean(x: torch.Tensor) -> torch.Tensor:
             return (x * mask).sum() / n_valid
 
-        dist, value, _ = self.policy.unroll(mb["obs"], states, mb["is_first"], return_state=False)
+        dist, value, _ = self.policy.unroll(mb["obs"], states, mb["is_first"], return_state=False, mask=mb["mask"])
         log_ratio = dist.log_prob(mb["actions"]) - mb["logp"]
         ratio = log_ratio.exp()
         adv = mb["adv"]
@@ -409,7 +415,8 @@ class RecurrentPPO(Algorithm):
         stats = {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": entropy}
         if self.teacher is not None:
             with torch.no_grad():
-                t_dist, _, _ = self.teacher.unroll(mb["obs"], teacher_states, mb["is_first"], return_state=False)
+                t_dist, _, _ = self.teacher.unroll(mb["obs"], teacher_states, mb["is_first"], return_state=False,
+                                                   mask=mb["mask"])
             stats["teacher_kl"] = masked_mean(dist.kl(t_dist))
             loss = loss + cfg.kl_teacher * stats["teacher_kl"]
         with torch.no_grad():
@@ -428,7 +435,7 @@ class RecurrentPPO(Algorithm):
             self._start_collector()
         buf = RolloutBuffer(cfg, self.obs_conv, tuple(self.action_space.shape or ()),
                             torch.float32 if isinstance(self.action_space, gym.spaces.Box) else torch.long,
-                            self.device)
+                            self.device, mask_width(self.action_space) if self.masked else 0)
         logger = RunLogger(run_dir, end, progress_bar)
         logger.start(self.num_timesteps)
         try:
@@ -458,7 +465,7 @@ class RecurrentPPO(Algorithm):
         cfg = self.config
         if self.collector is not None:
             self.collector.env.close()
-        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env)
+        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env, masks=self.masked)
         if self.stats_history:  # resumed: keep the recent-episode window
             self.collector.stats.load(self.stats_history)
         teacher = self.teacher.initial_state(cfg.num_envs, self.device) if self.teacher else ActorCriticState((), ())

@@ -55,6 +55,7 @@ from recurl.data.sequence_replay import SequenceBatch, SequenceReplay, SequenceW
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import Obs, ObsEncoder, mlp
+from recurl.nn.heads import apply_mask
 from recurl.nn.policy import ACTIVATIONS, NetworkConfig
 from recurl.nn.recurrent import State, make_core
 from recurl.obs import ObsConverter
@@ -193,14 +194,15 @@ class R2D2Config(EvalSchedule):
 class EpsilonGreedy:
     """The action "distribution" of a Q-network: ``mode()`` is argmax Q, ``sample()`` is epsilon-greedy.
 
-    ``q`` is ``[B, A]``; ``epsilon`` a float or a ``[B]`` tensor (one per actor).
+    ``q`` is ``[B, A]``; ``epsilon`` a float or a ``[B]`` tensor (one per actor); ``mask[B, A]`` the valid
+    actions (masked envs): the greedy action is the best valid one and exploration draws among valid ones.
     """
 
-    def __init__(self, q: torch.Tensor, epsilon: float | torch.Tensor = 0.0) -> None:
-        self.q, self.epsilon = q, epsilon
+    def __init__(self, q: torch.Tensor, epsilon: float | torch.Tensor = 0.0, mask: torch.Tensor | None = None) -> None:
+        self.q, self.epsilon, self.mask = q, epsilon, mask
 
     def mode(self) -> torch.Tensor:
-        return self.q.argmax(-1)
+        return apply_mask(self.q, self.mask).argmax(-1)
 
     def outputs(self) -> dict[str, torch.Tensor]:
         """What the ONNX graph returns beside the action: the Q-values ``[B, A]``."""
@@ -209,7 +211,11 @@ class EpsilonGreedy:
     def sample(self) -> torch.Tensor:
         greedy = self.mode()
         explore = torch.rand(greedy.shape, device=greedy.device) < self.epsilon
-        return torch.where(explore, torch.randint_like(greedy, self.q.shape[-1]), greedy)
+        if self.mask is None:
+            random = torch.randint_like(greedy, self.q.shape[-1])
+        else:  # uniform over the valid actions
+            random = torch.multinomial(self.mask.float().reshape(-1, self.q.shape[-1]), 1).view(greedy.shape)
+        return torch.where(explore, random, greedy)
 
 
 class QNetwork(nn.Module):
@@ -255,12 +261,12 @@ class QNetwork(nn.Module):
         y, state = self.core.unroll_truncated(self.encoder(obs), state, is_first, bptt)
         return self._q(y), state
 
-    def act(self, obs: Obs, state: State, is_first: torch.Tensor | None, epsilon: float | torch.Tensor = 0.0
-            ) -> tuple[EpsilonGreedy, State]:
-        """One step through the core's ``step``: ``obs[B, ...]``, ``is_first[B]`` -> (epsilon-greedy action
-        distribution over ``[B]``, state)."""
+    def act(self, obs: Obs, state: State, is_first: torch.Tensor | None, mask: torch.Tensor | None = None,
+            epsilon: float | torch.Tensor = 0.0) -> tuple[EpsilonGreedy, State]:
+        """One step through the core's ``step``: ``obs[B, ...]``, ``is_first[B]``, the valid actions
+        ``mask[B, A]`` (or ``None``) -> (epsilon-greedy action distribution over ``[B]``, state)."""
         y, state = self.core.step(self.encoder(obs), state, is_first)
-        return EpsilonGreedy(self._q(y), epsilon), state
+        return EpsilonGreedy(self._q(y), epsilon, mask), state
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -376,11 +382,12 @@ class R2D2(Algorithm):
         q_online, _ = self.policy.unroll(obs_after, state, batch.is_first[L:], cfg.bptt)  # [seq_len + 1, B, A]
         q_target = q_target[L:]
         with torch.no_grad():
+            masks = None if batch.masks is None else batch.masks[L:]  # only valid actions bootstrap
             if cfg.double_q:
-                a_star = q_online.argmax(-1, keepdim=True)
+                a_star = apply_mask(q_online, masks).argmax(-1, keepdim=True)
                 q_next = q_target.gather(-1, a_star).squeeze(-1)
             else:
-                q_next = q_target.max(-1).values
+                q_next = apply_mask(q_target, masks).max(-1).values
             if cfg.value_rescaling:
                 q_next = inverse_value_rescale(q_next)
             G = n_step_targets(batch.rewards[L:], batch.terminated[L:], batch.valid[L:], q_next, cfg.gamma,
@@ -440,12 +447,14 @@ class R2D2(Algorithm):
             while self.num_timesteps < total:
                 eps = self.epsilons()
                 obs, state, is_first = col.obs, col.state, col.is_first
+                mask = col.action_mask
                 with torch.inference_mode():
-                    dist, new_state = self.policy.act(obs, state, is_first, eps)
+                    dist, new_state = self.policy.act(obs, state, is_first, mask, eps)
                     action = dist.sample()
                 step = col.step(action, new_state)
                 writer.add(np.flatnonzero(step.valid), _to_cpu(obs), tuple(s.cpu() for s in state), action.cpu(),
-                           step.reward, step.terminated, step.truncated, is_first.cpu(), _to_cpu(col.obs))
+                           step.reward, step.terminated, step.truncated, is_first.cpu(), _to_cpu(col.obs),
+                           mask, col.action_mask)
                 self.num_timesteps += N
                 since_train += N
                 if self.num_timesteps - self._actor_start >= cfg.learning_starts and len(replay) >= cfg.batch_size:
@@ -479,18 +488,20 @@ class R2D2(Algorithm):
             self.collector.env.close()
         self.replay = SequenceReplay(cfg.replay_capacity, cfg.burn_in, cfg.seq_len, self.obs_conv,
                                      tuple((s.shape[0], s.shape[2]) for s in self.policy.initial_state(1, "cpu")),
-                                     cfg.priority_exponent, cfg.stored_state, seed=cfg.seed + self.n_updates)
+                                     cfg.priority_exponent, cfg.stored_state, seed=cfg.seed + self.n_updates,
+                                     mask_width=int(self.action_space.n) if self.masked else 0)
         self.writer = SequenceWriter(self.replay, cfg.num_envs, self.obs_conv, cfg.overlap)
-        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env)
+        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env, masks=self.masked)
         if self.stats_history:  # resumed: keep the recent-episode window
             self.collector.stats.load(self.stats_history)
         self.collector.reset(cfg.seed + 7919 * self.n_updates, self.policy.initial_state(cfg.num_envs, self.device))
         self._actor_start = self.num_timesteps
 
     # -- acting ------------------------------------------------------------------------------------------
-    def _act(self, obs: Obs, state: State, is_first: torch.Tensor) -> tuple[EpsilonGreedy, State]:
+    def _act(self, obs: Obs, state: State, is_first: torch.Tensor,
+             mask: torch.Tensor | None) -> tuple[EpsilonGreedy, State]:
         # predict(deterministic=False) explores with the config's epsilon; True takes argmax Q
-        return self.policy.act(obs, state, is_first, self.config.epsilon)
+        return self.policy.act(obs, state, is_first, mask, self.config.epsilon)
 
     # -- persistence -------------------------------------------------------------------------------------
     def _load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:

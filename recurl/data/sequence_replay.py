@@ -55,6 +55,7 @@ class SequenceBatch(NamedTuple):
     valid: torch.Tensor  # [W, B] bool: a real transition (not padding)
     is_first: torch.Tensor  # [W + 1, B] bool
     state0: State  # tensors [layers, B, H]: the state before obs[0]
+    masks: torch.Tensor | None  # [W + 1, B, n] bool: the valid actions at each observation (masked envs)
     weights: torch.Tensor  # [B] importance-sampling weights, max-normalised
     indices: np.ndarray  # [B] replay slots, for update_priorities
 
@@ -70,11 +71,12 @@ class SequenceReplay:
         priority_exponent: ``alpha``; 0 samples uniformly.
         stored_state: false replays every window from the zero state (DRQN's "bootstrapped random
             updates" start) instead of the stored actor state.
+        mask_width: store each observation's valid-action mask of this width (0: the env has none).
     """
 
     def __init__(self, capacity: int, burn_in: int, seq_len: int, obs_conv: ObsConverter,
                  state_shapes: tuple[tuple[int, int], ...], priority_exponent: float = 0.9,
-                 stored_state: bool = True, seed: int = 0) -> None:
+                 stored_state: bool = True, seed: int = 0, mask_width: int = 0) -> None:
         self.capacity, self.burn_in, self.seq_len = capacity, burn_in, seq_len
         self.window = W = burn_in + seq_len
         self.alpha = priority_exponent
@@ -86,6 +88,7 @@ class SequenceReplay:
         self.valid = torch.zeros(capacity, W, dtype=torch.bool)
         self.is_first = torch.zeros(capacity, W + 1, dtype=torch.bool)
         self.states = tuple(torch.zeros(capacity, *shape) for shape in state_shapes)  # [C, layers, H]
+        self.masks = torch.ones(capacity, W + 1, mask_width, dtype=torch.bool) if mask_width else None
         self.priorities = np.zeros(capacity, np.float64)
         self.max_priority = 1.0
         self.size = 0
@@ -96,15 +99,18 @@ class SequenceReplay:
         return self.size
 
     def add(self, obs: Obs, actions: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor,
-            valid: torch.Tensor, is_first: torch.Tensor, state0: State) -> int:
+            valid: torch.Tensor, is_first: torch.Tensor, state0: State, masks: torch.Tensor | None = None) -> int:
         """Store one window (``obs[W + 1, ...]``, the rest ``[W]``, ``is_first[W + 1]``, ``state0`` tensors
-        ``[layers, H]``) with the highest priority seen so far, so it is replayed soon; returns its slot."""
+        ``[layers, H]``, ``masks[W + 1, n]``) with the highest priority seen so far, so it is replayed soon;
+        returns its slot."""
         i = self.next
         _put(self.obs, i, obs)
         self.actions[i], self.rewards[i], self.terminated[i] = actions, rewards, terminated
         self.valid[i], self.is_first[i] = valid, is_first
         for buf, s in zip(self.states, state0):
             buf[i] = s
+        if self.masks is not None:
+            self.masks[i] = masks
         self.priorities[i] = self.max_priority
         self.next = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
@@ -131,6 +137,7 @@ class SequenceReplay:
             valid=self.valid[t_idx].t().to(device),
             is_first=self.is_first[t_idx].t().to(device),
             state0=state0,
+            masks=None if self.masks is None else self.masks[t_idx].transpose(0, 1).to(device),
             weights=torch.as_tensor(w / w.max(), dtype=torch.float32, device=device),
             indices=idx,
         )
@@ -164,17 +171,21 @@ class SequenceWriter:
         self.valid = torch.zeros(num_envs, W + 1, dtype=torch.bool)
         self.is_first = torch.zeros(num_envs, W + 1, dtype=torch.bool)
         self.states = tuple(torch.zeros(num_envs, W + 1, *s.shape[1:]) for s in replay.states)
+        self.masks = None if replay.masks is None else torch.ones(num_envs, W + 1, replay.masks.shape[-1],
+                                                                   dtype=torch.bool)
         # Next slot to write; slots before burn_in are the padding in front of a new episode.
         self.pos = np.full(num_envs, self.burn_in)
         # Trained slots below this were already written in the previous (overlapping) window.
         self.covered = np.full(num_envs, self.burn_in)
 
     def add(self, envs: np.ndarray, obs: Obs, state: State, actions: torch.Tensor, rewards: np.ndarray,
-            terminated: np.ndarray, truncated: np.ndarray, is_first: torch.Tensor, next_obs: Obs) -> None:
+            terminated: np.ndarray, truncated: np.ndarray, is_first: torch.Tensor, next_obs: Obs,
+            masks: torch.Tensor | None = None, next_masks: torch.Tensor | None = None) -> None:
         """Stage one transition for each env in ``envs`` (those whose step was not an autoreset step).
 
         ``obs``, ``actions[N]``, ``rewards[N]``, flags ``[N]``, ``is_first[N]`` and ``next_obs`` cover
-        all ``N`` envs; ``state`` is the acting state *before* ``obs``, tensors ``[layers, N, H]``.
+        all ``N`` envs; ``state`` is the acting state *before* ``obs``, tensors ``[layers, N, H]``;
+        ``masks``/``next_masks`` ``[N, n]`` are the valid actions at ``obs``/``next_obs`` (masked envs).
         """
         if envs.size == 0:
             return
@@ -188,6 +199,8 @@ class SequenceWriter:
         self.terminated[e, p] = torch.as_tensor(terminated[envs])
         self.valid[e, p] = True
         self.is_first[e, p] = is_first[e]
+        if self.masks is not None:
+            self.masks[e, p] = masks[e].cpu()
         self.pos[envs] += 1
         for i in envs[self.pos[envs] == self.W + 1]:  # the window's bootstrap observation has arrived
             self._emit(i)
@@ -195,6 +208,8 @@ class SequenceWriter:
         for i in envs[np.logical_or(terminated[envs], truncated[envs])]:
             q = self.pos[i]
             _put(self.obs, (int(i), q), _take(next_obs, int(i)))  # the final observation
+            if self.masks is not None:
+                self.masks[i, q] = next_masks[int(i)].cpu()
             if q - 1 >= self.covered[i]:  # the last window holds transitions not trained on yet
                 self._emit(i)
             self._clear(i)
@@ -202,7 +217,8 @@ class SequenceWriter:
     def _emit(self, i: int) -> None:
         W = self.W
         self.replay.add(_take(self.obs, int(i)), self.actions[i, :W], self.rewards[i, :W], self.terminated[i, :W],
-                        self.valid[i, :W], self.is_first[i], tuple(s[i, 0] for s in self.states))
+                        self.valid[i, :W], self.is_first[i], tuple(s[i, 0] for s in self.states),
+                        None if self.masks is None else self.masks[i])
 
     def _shift(self, i: int) -> None:
         """Drop the first ``stride`` slots: the next window starts ``stride`` steps later."""
@@ -220,4 +236,5 @@ class SequenceWriter:
 
     def _buffers(self) -> list[torch.Tensor]:
         obs = list(self.obs.values()) if isinstance(self.obs, dict) else [self.obs]
-        return [self.actions, self.rewards, self.terminated, self.valid, self.is_first, *self.states, *obs]
+        masks = [] if self.masks is None else [self.masks]
+        return [self.actions, self.rewards, self.terminated, self.valid, self.is_first, *self.states, *obs, *masks]

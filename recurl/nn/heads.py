@@ -2,6 +2,12 @@
 
 A head maps features ``[..., H]`` to a :class:`ActionDist` over actions ``[...]`` (Discrete),
 ``[..., n]`` (MultiDiscrete) or ``[..., d]`` (Box).
+
+Action masking (discrete heads): a bool ``mask[..., n]`` (MultiDiscrete: the components' masks
+concatenated, sb3-contrib's convention) marks the valid actions. Invalid logits are set to
+:data:`MASKED_LOGIT` before the softmax, so sampling, the mode, log-probabilities, entropy and KL all see
+the masked distribution (an invalid action has probability exactly 0), and the valid actions keep their
+relative probabilities.
 """
 
 from __future__ import annotations
@@ -13,17 +19,28 @@ from torch import nn
 
 from recurl.errors import RecurlError
 
+#: The logit of a masked action: exp() underflows to exactly 0, and 0 * MASKED_LOGIT stays finite (no NaN
+#: in the entropy, as -inf would give), sb3-contrib's choice.
+MASKED_LOGIT = -1e8
+
+
+def apply_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``logits[..., n]`` with the entries where ``mask[..., n]`` is false replaced by :data:`MASKED_LOGIT`."""
+    return logits if mask is None else logits.masked_fill(~mask.to(torch.bool), MASKED_LOGIT)
+
 
 class ActionDist:
     """The few things PPO needs from a policy distribution, with no argument validation overhead."""
 
     def __init__(self, kind: str, params: torch.Tensor, log_std: torch.Tensor | None = None,
-                 splits: list[int] | None = None) -> None:
+                 splits: list[int] | None = None, mask: torch.Tensor | None = None) -> None:
         self.kind, self.params, self.log_std, self.splits = kind, params, log_std, splits
+        if mask is not None and kind == "gaussian":
+            raise RecurlError("action masks apply to Discrete and MultiDiscrete actions, not to a Box")
         if kind == "categorical":
-            self.logits = torch.log_softmax(params, -1)
+            self.logits = torch.log_softmax(apply_mask(params, mask), -1)
         elif kind == "multi":
-            self.logits_list = [torch.log_softmax(p, -1) for p in params.split(splits, dim=-1)]
+            self.logits_list = [torch.log_softmax(p, -1) for p in apply_mask(params, mask).split(splits, dim=-1)]
 
     def sample(self) -> torch.Tensor:
         if self.kind == "categorical":
@@ -100,5 +117,6 @@ class ActionHead(nn.Module):
             nn.init.orthogonal_(self.linear.weight, init_gain)
             nn.init.zeros_(self.linear.bias)
 
-    def forward(self, h: torch.Tensor) -> ActionDist:
-        return ActionDist(self.kind, self.linear(h), self.log_std, self.splits)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> ActionDist:
+        """``h[..., H]`` (and the valid-action ``mask[..., n]``, discrete heads) -> the distribution."""
+        return ActionDist(self.kind, self.linear(h), self.log_std, self.splits, mask)
