@@ -142,3 +142,25 @@ def test_unmasked_baseline_ignores_the_masks() -> None:
     assert not model.masked
     with pytest.raises(RecurlError, match="has no action masks"):
         RecurrentPPO("recurl/TMaze-v0", policy={"action_masks": True}, device="cpu")
+
+
+@pytest.mark.parametrize("algo", ["ppo", "r2d2"])
+def test_masked_swamp_tour_never_bumps(algo: str) -> None:
+    """The swamp tour's mask_walls option: with masks, no step ever bumps into a wall; without, some do."""
+    from recurl.collector import Collector
+
+    bumps = {}
+    for masked in (True, False):
+        kw = {"env_kwargs": {"mask_walls": masked, "compute_optimal": False}, "num_envs": 8, "device": "cpu"}
+        model = (RecurrentPPO("recurl/SwampTour-ruin_2swamp-v0", **kw) if algo == "ppo" else
+                 R2D2("recurl/SwampTour-ruin_2swamp-v0", learning_starts=200, batch_size=4, **kw))
+        model.learn(400, progress_bar=False)
+        col = Collector(model.make_env(8), masks=model.masked)
+        col.reset(1, model.policy.initial_act_state(8))
+        n = 0
+        for _ in range(100):
+            dist, state = model._act(col.obs, col.state, col.is_first, col.action_mask)  # R2D2: its epsilon
+            step = col.step(dist.sample(), state)
+            n += int(np.sum(step.info.get("bump", 0) & step.valid))
+        bumps[masked] = n
+    assert bumps[True] == 0 and bumps[False] > 0, bumps

@@ -59,6 +59,9 @@ class SwampTourConfig:
     ``start_pos=None`` puts the agent at the centre ``(field_size // 2, field_size // 2)``, which is
     where every random task of the original starts. ``reachability`` is ``"sweep"`` (the original's
     row-major sweep, which rejects a few layouts that are in fact solvable) or ``"bfs"`` (exact).
+    ``mask_walls`` (recurl's option, not the spec's) gives the env an ``action_masks()`` method that marks
+    "forward" invalid when the agent faces a wall (or a visited goal under ``second_visit_penalty``):
+    a masked agent never bumps, so it must still remember where it has been, but not where the walls are.
     """
 
     maze_type: str = "random"
@@ -79,6 +82,7 @@ class SwampTourConfig:
     step_until_goal_hidden: int = -1
     reachability: str = "sweep"
     timeout_terminal: bool = False
+    mask_walls: bool = False
 
     def __post_init__(self) -> None:
         if self.maze_type not in MAZE_TYPES:
@@ -353,6 +357,15 @@ class _SwampBatch:
         self.bump, self.goal_collected, self.timed_out = bump, goal, timeout
         return reward, terminated, timeout & ~terminated
 
+    def action_masks(self) -> np.ndarray:
+        """``(n, 3)`` bool: the valid actions now; "forward" (0) is invalid when it would bump."""
+        dx, dy = HEADING_VECTORS[self.heading].T
+        cell = self.grid[np.arange(self.n), self.y + dy, self.x + dx]
+        blocked = (cell == WALL) | ((cell == VISITED) if self.config.second_visit_penalty else False)
+        masks = np.ones((self.n, N_ACTIONS), dtype=bool)
+        masks[:, 0] = ~blocked
+        return masks
+
     def goal_hidden(self) -> np.ndarray:
         """``(n,)`` bool: whether the goal plane is blanked at the current time."""
         hide_at = self.config.step_until_goal_hidden
@@ -482,6 +495,8 @@ class SwampTourEnv(gym.Env[np.ndarray, np.int64]):
         self.action_space = gym.spaces.Discrete(N_ACTIONS)
         self._batch = _SwampBatch(self.config, 1, compute_optimal)
         self._obs: np.ndarray | None = None
+        if self.config.mask_walls:  # only then does the env have masks (recurl detects the method)
+            self.action_masks = lambda: self._batch.action_masks()[0]
 
     @property
     def layout(self) -> Layout:
@@ -550,6 +565,8 @@ class SwampTourVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._obs: np.ndarray | None = None
+        if self.config.mask_walls:
+            self.action_masks = self._batch.action_masks
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
