@@ -7,6 +7,7 @@ Every problem with the user's input ends as one ``recurl: error: ...`` line and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -80,11 +81,17 @@ def cmd_train(argv: list[str]) -> int:
     algo, overrides = preset(known.preset) if known.preset else ("ppo", {})
     algo = known.algo or algo
     cfg_cls, algo_cls = algo_classes(algo)
+    # --env-kwargs K V ... adds to (or overrides) the preset's env kwargs. tyro would turn a non-empty
+    # default dict into fixed per-key flags and refuse new keys, so the dict is merged here.
+    rest, env_kwargs = _split_env_kwargs(rest)
+    env_kwargs = {**overrides.pop("env_kwargs", {}), **env_kwargs}
     cfg = tyro.cli(
         cfg_cls, args=rest, default=build_config(cfg_cls, overrides), prog=f"recurl train --algo {algo}",
         description=TRAIN_HELP.format(algos=", ".join(ALGOS), presets=", ".join(sorted(PRESETS))),
         config=(tyro.conf.OmitArgPrefixes,),
     )
+    if env_kwargs:
+        cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
     run_dir = Path(known.run_dir) if known.run_dir else default_run_dir(cfg.env, algo, cfg.seed)
     _check_writable(run_dir, "--run-dir", want_dir=True)
     held = [name for name in RUN_MARKERS if (run_dir / name).exists()]
@@ -103,6 +110,33 @@ def cmd_train(argv: list[str]) -> int:
     model.learn(run_dir=run_dir, progress_bar=not known.quiet)
     _print_summary(finish_run(model, run_dir, time.perf_counter() - t0, cfg.eval_episodes))
     return 0
+
+
+def _split_env_kwargs(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Take every ``--env-kwargs K V [K V ...]`` out of ``argv``; values parse as JSON scalars where they can
+    (``3``, ``0.5``, ``true``), else stay strings. Returns the rest of ``argv`` and the kwargs."""
+    rest, kwargs, i = [], {}, 0
+    while i < len(argv):
+        if argv[i] != "--env-kwargs":
+            rest.append(argv[i])
+            i += 1
+            continue
+        j = i + 1
+        while j < len(argv) and not argv[j].startswith("--"):
+            j += 1
+        pairs = argv[i + 1 : j]
+        if not pairs or len(pairs) % 2:
+            raise RecurlError(f"--env-kwargs takes KEY VALUE pairs, got {' '.join(pairs) or 'nothing'}")
+        for key, value in zip(pairs[::2], pairs[1::2]):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+            if isinstance(parsed, list | dict) or parsed is None:
+                parsed = value
+            kwargs[key.replace("-", "_")] = parsed
+        i = j
+    return rest, kwargs
 
 
 def _resume(known: argparse.Namespace, rest: list[str]) -> int:

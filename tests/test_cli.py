@@ -107,3 +107,13 @@ def test_every_preset_builds_its_config(name: str) -> None:
     if algo != "bc":  # build the algorithm itself (env, spaces, networks): a bad env option fails here, not later
         model = algo_cls(config=dataclasses.replace(cfg, device="cpu"))
         assert model.config.env == cfg.env and model.policy is not None
+
+
+def test_env_kwargs_add_to_a_presets_own(tmp_path: Path) -> None:
+    """A preset with env kwargs of its own (compute_optimal) still takes new ones from --env-kwargs."""
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "ppo-Tmaze_either", "--env-kwargs", "mask_walls", "true", "max_time", "7",
+                 "--total-steps", "16", "--num-envs", "2", "--n-steps", "8", "--batch-size", "16",
+                 "--eval-episodes", "1", "--run-dir", str(run), "--quiet"]) == 0
+    kwargs = json.loads((run / "config.json").read_text())["config"]["env_kwargs"]
+    assert kwargs == {"compute_optimal": False, "mask_walls": True, "max_time": 7}

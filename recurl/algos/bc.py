@@ -213,7 +213,9 @@ def stream_unroll(policy: RecurrentPolicy, stream: Stream, chunk_len: int) -> It
     state = policy.initial_state(stream.rows)
     for t0 in range(0, stream.length, chunk_len):
         chunk = stream.window(t0, t0 + chunk_len)
-        dist, _, state = policy.unroll(chunk.obs, state, chunk.is_first)
+        # a dataset whose observations carry an action_mask (PettingZoo's convention) trains masked
+        mask = chunk.obs.get("action_mask") if isinstance(chunk.obs, dict) else None
+        dist, _, state = policy.unroll(chunk.obs, state, chunk.is_first, mask=None if mask is None else mask > 0)
         state = state.map(torch.Tensor.detach)
         yield chunk, dist
 
