@@ -22,4 +22,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(VENV)/bin/recurl bench
+	$(PY) bench/bench_vs_sb3.py

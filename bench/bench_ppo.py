@@ -1,7 +1,8 @@
 """Training env steps/s of recurl's recurrent PPO on recurl/CartPoleNoVel-v1.
 
 8 envs, 32-step chunks, LSTM 64 for actor and critic (rl-baselines3-zoo's settings), after a warm-up
-update; min/median/max over repeats. The side-by-side comparison with sb3-contrib is `recurl bench`.
+update; min/median/max over repeats. The side-by-side comparison with sb3-contrib is
+`python bench/bench_vs_sb3.py`.
 
     python bench/bench_ppo.py [--steps 10240] [--repeats 3]
 """
@@ -10,8 +11,7 @@ import argparse
 import statistics
 
 import torch
-
-from recurl.bench import recurl_throughput
+from bench_vs_sb3 import recurl_throughput  # a sibling script: python puts bench/ on sys.path
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -57,11 +57,15 @@ _MEMBERS = (MODEL_FILE, CONFIG_FILE, TRAINER_FILE)
 _WHAT = {MODEL_FILE: "model file", CONFIG_FILE: "config", TRAINER_FILE: "trainer state"}
 
 
+_PARTIAL = ".partial"
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path`` (atomic on POSIX)."""
+    """Call ``write(tmp_path)`` and rename the result onto ``path`` (atomic on POSIX). A kill in between
+    leaves a ``.NAME.XXXX.partial`` file, which :func:`discard_partials` removes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -230,6 +234,15 @@ def _roll_forward(run_dir: Path, manifest: dict[str, Any]) -> None:
     _fsync_dir(run_dir)
     os.replace(run_dir / _PENDING, run_dir / MANIFEST_FILE)
     _fsync_dir(run_dir)
+
+
+def discard_partials(run_dir: str | Path) -> None:
+    """Remove what a killed :func:`atomic_write` left in ``run_dir`` (``progress.csv``, ``summary.json``
+    and other single files). Only the run's own writer calls this, as it starts: a reader must not, since
+    the writer may be between its write and its rename."""
+    for tmp in Path(run_dir).glob(f".*{_PARTIAL}"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _discard_temporaries(run_dir: Path) -> None:

@@ -27,7 +27,6 @@ commands:
   enjoy    watch a run:      recurl enjoy RUN_DIR [--episodes N] [--gif out.gif]
   demo     the memory demo:  LSTM vs memoryless PPO on the T-maze, side by side
   diagnose does ENV need memory? recurl diagnose --env ID [--seeds N] [--steps N]
-  bench    speed and time-to-solve against sb3-contrib (writes docs/benchmarks.md)
   melee    Melee imitation:  recurl melee prepare|train|eval ... (see docs/melee.md)
   export   deploy a run:     recurl export RUN_DIR --onnx out.onnx (see docs/deployment.md)
   record   save demos:       recurl record --env ID --from RUN_DIR --episodes N --out PATH (docs/imitation.md)
@@ -345,7 +344,7 @@ def cmd_record(argv: list[str]) -> int:
 
 def cmd_play(argv: list[str]) -> int:
     from recurl.envs import resolve_env_id
-    from recurl.envs.play import play
+    from recurl.play import play
 
     p = argparse.ArgumentParser(prog="recurl play", description="Play an env by keyboard in the terminal.")
     p.add_argument("env_id")
@@ -358,15 +357,10 @@ def cmd_play(argv: list[str]) -> int:
     return 0
 
 
-def cmd_bench(argv: list[str]) -> int:
-    from recurl.bench import main_bench
-
-    return main_bench(argv)
-
-
+# Each cmd_* imports its command's modules itself (the one exemption from tests/test_layers.py's rule of
+# module-level imports): `recurl --help` and argument errors then answer without importing torch.
 COMMANDS = {
     "train": cmd_train, "eval": cmd_eval, "enjoy": cmd_enjoy, "demo": cmd_demo, "diagnose": cmd_diagnose,
-    "bench": cmd_bench,
     "melee": cmd_melee, "export": cmd_export, "record": cmd_record, "play": cmd_play,
 }
 

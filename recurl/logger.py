@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from recurl.checkpoint import atomic_write
+from recurl.checkpoint import atomic_write, discard_partials
 
 
 class RunLogger:
@@ -41,6 +41,7 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            discard_partials(self.run_dir)  # a killed run's half-written progress.csv or summary.json
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=steps_done or None)
             path = self.run_dir / "progress.csv"
             if path.exists():

@@ -57,7 +57,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "gamma": 0.98, "gae_lambda": 0.8, "learning_rate": 1e-3, "anneal_lr": True, "clip_range": 0.2,
         "anneal_clip": True, "ent_coef": 0.0, "total_steps": 100_000, "policy": _ZOO_POLICY,
     }),
-    # Tuned for wall time to a policy that solves and stays solved (recurl bench's time-to-solve).
+    # Tuned for wall time to a policy that solves and stays solved (bench/bench_vs_sb3.py's time-to-solve).
     "cartpole-novel-fast": ("ppo", {
         "env": "recurl/CartPoleNoVel-v1", "num_envs": 16, "n_steps": 32, "batch_size": 256, "n_epochs": 4,
         "gamma": 0.98, "gae_lambda": 0.8, "learning_rate": 2e-3, "anneal_lr": True, "clip_range": 0.2,

@@ -2,7 +2,7 @@
 
 Parity: the exported graph, stepped by onnxruntime through whole episodes with resets, matches the
 PyTorch policy's acting step (actions, logits / mean and log_std, every state tensor) within 1e-5 for
-LSTM, GRU and RNN cores with discrete and continuous actions; the Agent matches it too, and so do R2D2's
+LSTM, GRU, RNN and the scan cores (minGRU, minLSTM, LRU) with discrete and continuous actions; the Agent matches it too, and so do R2D2's
 Q-network and a behaviour-cloned policy with an action delay. A trained T-maze agent,
 exported, solves the maze in a process that never imports torch or recurl.
 """
@@ -117,6 +117,11 @@ PENDULUM = ("Pendulum-v1", None)
     ("lstm", PENDULUM, {"shared_core": True}),
     ("gru", PENDULUM, {"num_layers": 2}),
     ("rnn", PENDULUM, {"shared_core": True}),
+    ("mingru", TMAZE, {"num_layers": 2, "prev_action_reward": True}),
+    ("minlstm", TMAZE, {}),
+    ("lru", TMAZE, {"shared_core": True}),
+    ("mingru", PENDULUM, {}),
+    ("lru", PENDULUM, {"num_layers": 2}),
 ])
 def test_onnx_matches_pytorch_through_episodes(tmp_path: Path, core: str, env: tuple, policy: dict) -> None:
     env_id, env_kwargs = env

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from recurl.envs.play import play
 from recurl.envs.swamptour import (
     GOAL,
     TASKS,
@@ -19,6 +18,7 @@ from recurl.envs.swamptour import (
     register_swamptour,
 )
 from recurl.envs.swamptour_solver import optimal_steps, optimum_statistics, revisit_plan, solve
+from recurl.play import play
 
 FORWARD, LEFT, RIGHT = 0, 1, 2
 OBS_SHAPES = {"open_field": (9, 9), "Tmaze_both": (7, 14)}

@@ -15,8 +15,8 @@ from recurl.algos.bc import BCConfig, BehaviourCloning
 from recurl.algos.ppo import RecurrentPPO
 from recurl.cli import main
 from recurl.data.trajectories import Episode, dataset_env, load_dataset, write_dataset
-from recurl.envs.play import play
 from recurl.errors import RecurlError
+from recurl.play import play
 from recurl.record import PolicyAgent, collect_episodes
 from recurl.runs import load_model
 

@@ -71,6 +71,8 @@ class Algorithm:
     config_class: ClassVar[type]
     #: config fields reset when a saved model is loaded (e.g. a teacher that is not needed to act)
     load_overrides: ClassVar[dict[str, Any]] = {}
+    #: what ``policy.ortho_init = None`` means for this algorithm
+    ortho_init_default: ClassVar[bool] = True
     policy: Any
     optimizer: torch.optim.Optimizer
     obs_conv: ObsConverter
@@ -103,6 +105,9 @@ class Algorithm:
         self.action_space = probe.single_action_space
         self._resolve_masks(mask_source(probe))
         probe.close()
+        if getattr(self.config.policy, "ortho_init", False) is None:  # the algorithm's own default
+            self.config = dataclasses.replace(self.config, policy=dataclasses.replace(
+                self.config.policy, ortho_init=self.ortho_init_default))
         self._check_spaces()
         self._build(self.observation_space, self.action_space)
 

@@ -237,6 +237,7 @@ class BehaviourCloning(Algorithm):
 
     algo = "bc"
     config_class = BCConfig
+    ortho_init_default = False  # PPO's 0.01 policy head keeps a clone from learning memory (docs/imitation.md)
 
     def _prepare(self) -> None:
         if not self.config.dataset:
@@ -348,7 +349,7 @@ class BehaviourCloning(Algorithm):
         logger = RunLogger(run_dir, last * n_train, progress_bar)
         logger.start(self.epoch * n_train)
         try:
-            while self.epoch < last and self.bad_epochs < cfg.patience:
+            while self.epoch < last and self.bad_epochs < cfg.patience and not 0 < self._step_limit <= self.n_updates:
                 t0 = time.perf_counter()
                 order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(train))
                 tr = self._pass(self._stream(train, order), train=True)

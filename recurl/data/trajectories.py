@@ -34,6 +34,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from recurl.envs import resolve_env_id
 from recurl.errors import RecurlError
 
 Array = np.ndarray
@@ -104,8 +105,6 @@ def write_dataset(
     """
     import minari
     from minari.dataset.minari_dataset import parse_dataset_id
-
-    from recurl.envs import resolve_env_id
 
     path = Path(path)
     try:

@@ -10,6 +10,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from recurl.envs.swamptour import register_swamptour
+from recurl.envs.wrappers import PrevActionReward
 from recurl.errors import RecurlError
 
 RECURL_IDS = ("recurl/CartPoleNoVel-v1", "recurl/TMaze-v0", "recurl/RepeatPrevious-v0")
@@ -30,8 +32,6 @@ def register() -> None:
     for env_id, kwargs in specs.items():
         if env_id not in gym.registry:
             gym.register(id=env_id, **kwargs)
-    from recurl.envs.swamptour import register_swamptour
-
     register_swamptour()
 
 
@@ -79,7 +79,5 @@ def make_vec_env(
     if mode_used != gym.vector.AutoresetMode.NEXT_STEP:
         raise RecurlError(f"{env_id}: recurl needs NEXT_STEP autoreset, the vector env uses {mode_used}")
     if prev_action_reward:
-        from recurl.envs.wrappers import PrevActionReward
-
         env = PrevActionReward(env)
     return env

@@ -8,22 +8,19 @@ unless ``second_visit_penalty``). It gives the shortest number of steps that col
 to goal A, get teleported, walk the same path to A again (a visited goal does not teleport), then
 go on to B.
 
-Run ``python -m recurl.envs.swamptour_solver ruin_2swamp 4000`` to print the statistics.
+``python bench/swamptour_optima.py ruin_2swamp 4000`` prints the statistics.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from recurl.envs.swamptour import (
+from recurl.envs.swamptour_layout import (
     GOAL,
     HEADING_VECTORS,
-    TASKS,
     VISITED,
     WALL,
     Layout,
@@ -232,16 +229,3 @@ def optimum_statistics(task: str, n_layouts: int = 4000, seed: int = 0, **option
         stats["revisit_unfinishable"] = float(np.mean(rev > config.max_time))
     return stats
 
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line: print :func:`optimum_statistics` as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=TASKS)
-    parser.add_argument("n_layouts", type=int, nargs="?", default=4000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(json.dumps(optimum_statistics(args.task, args.n_layouts, args.seed), indent=2))
-
-
-if __name__ == "__main__":
-    main()

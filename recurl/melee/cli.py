@@ -57,6 +57,8 @@ def melee_main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse already printed usage and a one-line error (or --help)
         return int(e.code or 0)
+    # Each branch imports its command's module itself (the command-line exemption of tests/test_layers.py):
+    # --help and option errors answer before torch and the optional Melee packages are loaded.
     try:
         if args.cmd == "prepare":
             from recurl.melee.prepare import prepare

@@ -28,8 +28,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "el
 class NetworkConfig:
     """Encoder -> recurrent core -> MLP: the shape every recurl network shares."""
 
-    core: Literal["lstm", "gru", "rnn", "none"] = "lstm"
-    """Memory core: lstm, gru, rnn (tanh) or none (memoryless baseline, same interface)."""
+    core: Literal["lstm", "gru", "rnn", "none", "mingru", "minlstm", "lru"] = "lstm"
+    """Memory core: lstm, gru, rnn (tanh), none (memoryless baseline, same interface), or a parallel-scan core
+    trained without a loop over time: mingru, minlstm or lru (see docs/cores.md)."""
     hidden_size: int = 64
     """Units per recurrent layer."""
     num_layers: int = 1
@@ -44,6 +45,9 @@ class NetworkConfig:
     """Activation of the MLPs: tanh, relu or elu."""
     embed_dim: int = 16
     """Embedding width per Discrete/MultiDiscrete observation component."""
+    action_masks: bool | None = None
+    """Use the env's action masks (its action_masks() method or an action_mask observation key): None
+    uses them when the env has them; false ignores them (an unmasked baseline)."""
 
     RANGES: ClassVar[Ranges] = {
         "core": OneOf(CORE_KINDS), "hidden_size": AT_LEAST_1, "num_layers": AT_LEAST_1,
@@ -63,8 +67,10 @@ class PolicyConfig(NetworkConfig):
     """One core for actor and critic (true) or a separate critic core (false, SB3's enable_critic_lstm)."""
     normalize_obs: bool = True
     """Running mean/std normalisation of float Box observations (statistics saved with the model)."""
-    ortho_init: bool = True
-    """Orthogonal init of linear layers (gain sqrt(2) hidden, 0.01 policy head, 1 value head)."""
+    ortho_init: bool | None = None
+    """Orthogonal init of linear layers (gain sqrt(2) hidden, 0.01 policy head, 1 value head). None: the
+    algorithm's default, true for PPO, false for behaviour cloning (a 0.01 head starves a clone's core of
+    gradient, and it settles on the memoryless solution: docs/imitation.md)."""
 
 
 class ActorCriticState(NamedTuple):
@@ -120,9 +126,9 @@ class RecurrentPolicy(nn.Module):
                     self.norms[key or "obs"] = RunningNorm(tuple(space.shape))
         self.actor = _Tower(obs_space, cfg)
         self.critic = None if cfg.shared_core else _Tower(obs_space, cfg)
-        self.pi = ActionHead(action_space, self.actor.out_dim, 0.01 if cfg.ortho_init else None)
+        self.pi = ActionHead(action_space, self.actor.out_dim, 0.01 if cfg.ortho_init is not False else None)
         self.v = nn.Linear((self.critic or self.actor).out_dim, 1)
-        if cfg.ortho_init:
+        if cfg.ortho_init is not False:  # None (unresolved, a bare policy) keeps PPO's init
             for m in [*self.actor.encoder.modules(), *self.actor.mlp.modules(),
                       *(self.critic.encoder.modules() if self.critic else []),
                       *(self.critic.mlp.modules() if self.critic else [])]:
@@ -167,35 +173,40 @@ class RecurrentPolicy(nn.Module):
 
     # -- acting and training ----------------------------------------------------------------------------
     def unroll(
-        self, obs: Obs, state: ActorCriticState, is_first: torch.Tensor, return_state: bool = True
+        self, obs: Obs, state: ActorCriticState, is_first: torch.Tensor, return_state: bool = True,
+        mask: torch.Tensor | None = None,
     ) -> tuple[ActionDist, torch.Tensor, ActorCriticState]:
-        """``obs[T, B, ...]``, ``is_first[T, B]`` -> (action distribution over ``[T, B]``, value ``[T, B]``,
-        state after the last step; empty parts when ``return_state`` is false)."""
+        """``obs[T, B, ...]``, ``is_first[T, B]`` (and the valid-action ``mask[T, B, n]``) -> (action
+        distribution over ``[T, B]``, value ``[T, B]``, state after the last step; empty parts when
+        ``return_state`` is false)."""
         obs = self.normalize(obs)
         h_pi, a_state = self.actor.unroll(obs, state.actor, is_first, return_state)
         h_v, c_state = h_pi, ()
         if self.critic is not None:
             h_v, c_state = self.critic.unroll(obs, state.critic, is_first, return_state)
-        return self.pi(h_pi), self.v(h_v).squeeze(-1), ActorCriticState(a_state, c_state)
+        return self.pi(h_pi, mask), self.v(h_v).squeeze(-1), ActorCriticState(a_state, c_state)
 
-    def step(self, obs: Obs, state: ActorCriticState, is_first: torch.Tensor | None
-             ) -> tuple[ActionDist, torch.Tensor, ActorCriticState]:
-        """One step: ``obs[B, ...]``, ``is_first[B]`` -> (distribution over ``[B]``, value ``[B]``, state)."""
+    def step(self, obs: Obs, state: ActorCriticState, is_first: torch.Tensor | None,
+             mask: torch.Tensor | None = None) -> tuple[ActionDist, torch.Tensor, ActorCriticState]:
+        """One step: ``obs[B, ...]``, ``is_first[B]`` (and ``mask[B, n]``) -> (distribution over ``[B]``,
+        value ``[B]``, state)."""
         obs = self.normalize(obs)
         h_pi, a_state = self.actor.step(obs, state.actor, is_first)
         h_v, c_state = h_pi, ()
         if self.critic is not None:
             h_v, c_state = self.critic.step(obs, state.critic, is_first)
-        return self.pi(h_pi), self.v(h_v).squeeze(-1), ActorCriticState(a_state, c_state)
+        return self.pi(h_pi, mask), self.v(h_v).squeeze(-1), ActorCriticState(a_state, c_state)
 
-    def act(self, obs: Obs, state: State, is_first: torch.Tensor | None) -> tuple[ActionDist, State]:
+    def act(self, obs: Obs, state: State, is_first: torch.Tensor | None,
+            mask: torch.Tensor | None = None) -> tuple[ActionDist, State]:
         """Acting only: one step of the actor. ``obs[B, ...]``, the actor's state (from
-        :meth:`initial_act_state`), ``is_first[B]`` (or ``None``) -> (distribution over ``[B]``, state).
+        :meth:`initial_act_state`), ``is_first[B]`` (or ``None``), the valid-action ``mask[B, n]`` (or
+        ``None``) -> (distribution over ``[B]``, state).
 
         Skips the critic, which acting never needs (half the work with separate cores).
         """
         h_pi, a_state = self.actor.step(self.normalize(obs), state, is_first)
-        return self.pi(h_pi), a_state
+        return self.pi(h_pi, mask), a_state
 
 
 def _leaves(space: gym.Space) -> list[tuple[str | None, gym.Space]]:

@@ -1,4 +1,4 @@
-"""``recurl bench``: recurl's recurrent PPO against sb3-contrib's RecurrentPPO, side by side, on this machine.
+"""recurl's recurrent PPO against sb3-contrib's RecurrentPPO, side by side, on this machine.
 
 Measured in one run (see docs/benchmarks.md for the latest table):
 
@@ -11,15 +11,20 @@ Measured in one run (see docs/benchmarks.md for the latest table):
    training step reaches.
 
 sb3-contrib is optional (``pip install -c constraints.txt -e '.[bench]'``); without it only recurl's
-side is measured. Speed is never asserted in tests: this command is where it is measured.
+side is measured. Speed is never asserted in tests: this script is where it is measured.
+
+    python bench/bench_vs_sb3.py [--quick] [--seeds N] [--repeats N] [--out DIR] [--no-sb3] [--no-solve]
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
+import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recurl.agent import Agent
 from recurl.algos import build_config
 from recurl.algos.ppo import PPOConfig, RecurrentPPO
 from recurl.evaluation import evaluate_policy
@@ -36,6 +42,8 @@ from recurl.presets import preset
 
 ENV = "recurl/CartPoleNoVel-v1"
 SOLVED = 475.0
+# The report goes to the repository's docs/, wherever the script is started from.
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
@@ -51,9 +59,9 @@ def _recurl(preset_name: str, seed: int, **overrides: Any) -> RecurrentPPO:
 def recurl_throughput(steps: int, seed: int = 0) -> float:
     """Env steps/s of recurl PPO with the zoo settings, after a warm-up update."""
     model = _recurl("cartpole-novel-zoo", seed, total_steps=10**9, anneal_lr=False, anneal_clip=False)
-    model.learn(256, progress=False)
+    model.learn(256, progress_bar=False)
     t0 = time.perf_counter()
-    model.learn(256 + steps, progress=False)
+    model.learn(256 + steps, progress_bar=False)
     return steps / (time.perf_counter() - t0)
 
 
@@ -71,7 +79,7 @@ def recurl_time_to_solve(preset_name: str, seed: int, eval_every: int) -> dict[s
         clock["last"] = time.perf_counter()
         return True
 
-    model.learn(progress=False, callback=callback)
+    model.learn(progress_bar=False, callback=callback)
     final = evaluate_policy(model, n_episodes=20, seed=seed + 2000, num_envs=20)["mean_return"]
     return {"seed": seed, "solved_s": clock["solved_s"], "solved_steps": clock["solved_steps"],
             "train_s": clock["train"], "final_return": final, "final_holds": final >= SOLVED}
@@ -93,7 +101,6 @@ def _sb3_model(seed: int) -> Any:
     from sb3_contrib import RecurrentPPO as SB3RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
-    from torch import nn
 
     venv = VecNormalize(sb3_make_vec_env(ENV, n_envs=8, seed=seed), gamma=0.98)
     return SB3RecurrentPPO(
@@ -205,9 +212,9 @@ def roofline(n_reps: int = 200) -> dict[str, float]:
     mlp = 2 * T * B * (H * 64 + 64 * 3)
     flops_per_minibatch = 3 * 2 * (lstm + mlp)
     model = _recurl("cartpole-novel-zoo", 0, total_steps=10**9, anneal_lr=False)
-    model.learn(256, progress=False)
+    model.learn(256, progress_bar=False)
     update_s: list[float] = []  # the training step alone: the rollout between updates is not counted
-    model.learn(256 * 11, progress=False, callback=lambda m: update_s.append(m.timing["update_s"]))
+    model.learn(256 * 11, progress_bar=False, callback=lambda m: update_s.append(m.timing["update_s"]))
     per_update = statistics.median(update_s)
     achieved = flops_per_minibatch * 20 / per_update / 1e9  # 20 epochs x 1 minibatch per update
     # The library's fused LSTM kernel alone (actor's and critic's, forward + backward, no resets): the
@@ -227,7 +234,7 @@ def roofline(n_reps: int = 200) -> dict[str, float]:
 
 
 # -- the report ---------------------------------------------------------------------------------------------
-def run_bench(out: str | Path = "docs", quick: bool = False, seeds: int = 5, sb3: bool = True,
+def run_bench(out: str | Path = DOCS, quick: bool = False, seeds: int = 5, sb3: bool = True,
               solve: bool = True, repeats: int = 3) -> dict[str, Any]:
     """Run every measurement, write ``benchmarks.md``, ``benchmarks.json`` and ``benchmarks.png``."""
     torch.set_num_threads(1)
@@ -246,13 +253,9 @@ def run_bench(out: str | Path = "docs", quick: bool = False, seeds: int = 5, sb3
     print("predict ...", flush=True)
     n = 500 if quick else 3000
     res["recurl_predict_per_s"] = _spread([recurl_predict_rate(n) for _ in range(repeats)])
-    try:
-        from recurl.agent import Agent  # noqa: F401
-
-        res["recurl_agent_act_per_s"] = _spread([_agent_rate(n) for _ in range(repeats)])
+    res["recurl_agent_act_per_s"] = _spread([_agent_rate(n) for _ in range(repeats)])
+    with contextlib.suppress(ImportError):  # the onnx backend needs the optional onnxruntime
         res["recurl_agent_onnx_per_s"] = _spread([_agent_rate(n, "onnx") for _ in range(repeats)])
-    except ImportError:
-        pass
     if sb3:
         res["sb3_predict_per_s"] = _spread([sb3_predict_rate(n) for _ in range(repeats)])
     print("roofline ...", flush=True)
@@ -267,10 +270,6 @@ def run_bench(out: str | Path = "docs", quick: bool = False, seeds: int = 5, sb3
 
 
 def _agent_rate(n: int, backend: str = "torch") -> float:
-    import tempfile
-
-    from recurl.agent import Agent
-
     with tempfile.TemporaryDirectory() as d:
         _recurl("cartpole-novel-zoo", 0).save(d)
         agent = Agent.load(d, backend=backend)
@@ -280,8 +279,6 @@ def _agent_rate(n: int, backend: str = "torch") -> float:
 
 
 def _machine() -> dict[str, Any]:
-    import platform
-
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
 
@@ -321,7 +318,7 @@ def _report(res: dict[str, Any], out: Path) -> None:
     lines = [
         "# Benchmarks: recurl vs sb3-contrib RecurrentPPO",
         "",
-        f"Machine: {res['machine']}. Regenerate with `recurl bench` (`--quick` for a smoke run).",
+        f"Machine: {res['machine']}. Regenerate with `python bench/bench_vs_sb3.py` (`--quick` for a smoke run).",
         "Ranges are min-max over repeats; the machine's noise shows in them.",
         "",
         *rows,
@@ -370,12 +367,10 @@ def _plot(res: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main_bench(argv: list[str]) -> int:
-    """``recurl bench [--quick] [--seeds N] [--out DIR] [--no-sb3] [--no-solve]``."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="recurl bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="docs")
+def main(argv: list[str] | None = None) -> None:
+    """Command line: run :func:`run_bench` and write its report (default: the repository's docs/)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(DOCS))
     p.add_argument("--quick", action="store_true", help="a smoke run: fewer steps, one seed")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
@@ -383,5 +378,8 @@ def main_bench(argv: list[str]) -> int:
     p.add_argument("--no-solve", action="store_true")
     a = p.parse_args(argv)
     run_bench(a.out, a.quick, a.seeds, not a.no_sb3, not a.no_solve, a.repeats)
-    return 0
+
+
+if __name__ == "__main__":
+    main()
 

@@ -14,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from recurl.data.trajectories import episode_from_lists, write_dataset
 from recurl.errors import RecurlError
 
 _FIELDS = ("obs", "actions", "rewards", "terminated", "truncated")
@@ -44,7 +45,8 @@ def play(
     returned too (its flags then all read False at the end).
 
     Args:
-        env_id: registered id, e.g. ``"recurl/SwampTour-ruin_2swamp-v0"``.
+        env_id: registered id, e.g. ``"recurl/SwampTour-ruin_2swamp-v0"`` (recurl's own ids are
+            registered on ``import recurl``).
         episodes: number of episodes to play.
         record: a new Minari dataset directory (``NAME-vN``) to save the finished episodes in; an
             episode cut short by ``q`` is not saved.
@@ -53,10 +55,6 @@ def play(
         show: receives the text picture and messages (``print`` by default).
         **env_kwargs: passed to ``gymnasium.make``.
     """
-    if env_id.startswith("recurl/SwampTour-"):
-        from recurl.envs.swamptour import register_swamptour
-
-        register_swamptour()
     env = gym.make(env_id, render_mode="ansi", **env_kwargs)
     if not isinstance(env.action_space, gym.spaces.Discrete):
         raise TypeError(f"play() needs a Discrete action space, {env_id} has {env.action_space}")
@@ -100,7 +98,5 @@ def _save(record: str | None, played: list[dict[str, list[Any]]], env_id: str, e
     finished = [ep for ep in played if ep["actions"] and (ep["terminated"][-1] or ep["truncated"][-1])]
     if record is None or not finished:
         return
-    from recurl.data.trajectories import episode_from_lists, write_dataset
-
     write_dataset(record, [episode_from_lists(*(ep[k] for k in _FIELDS)) for ep in finished], env_id, env_kwargs,
                   algorithm_name="human (recurl play)", description="keyboard episodes recorded with recurl play")

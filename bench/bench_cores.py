@@ -1,0 +1,98 @@
+"""Forward + backward time of every recurrent core over one training window (what docs/cores.md quotes).
+
+    python bench/bench_cores.py            # the full grid: T 32..2048, B 8/64, H 64/256 (tens of minutes)
+    python bench/bench_cores.py --quick    # a few rows, under ~3 minutes on a 2-core CPU
+
+One layer per core, input width ``--F``, ``unroll(...)[0].sum().backward()``; the LSTM takes its fastest
+training path (``return_state=False``: separator steps when the window has resets). ``--kinds`` may add
+``nn.gru``: the GRU through PyTorch's ``nn.GRU`` as before the fused CPU GRU (episode segments when the
+window has resets). "resets" draws an episode start with probability ``1 / --episode-len`` per step. Each
+cell is the median of 3 timed blocks after a warm-up, in ms, on one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from recurl.nn.recurrent import make_core
+
+KINDS = ("lstm", "gru", "rnn", "mingru", "minlstm", "lru")
+SCANS = ("mingru", "minlstm", "lru")
+FULL = {"T": (32, 128, 512, 2048), "B": (8, 64), "H": (64, 256)}
+QUICK = [(32, 8, 64), (512, 8, 64), (2048, 8, 64), (512, 64, 256)]  # (T, B, H)
+
+
+def ms_per_call(fn: Callable[[], None], block_s: float = 0.3) -> float:
+    """Median ms per call of ``fn`` over 3 blocks of about ``block_s`` seconds each (after one warm-up call)."""
+    t0 = time.perf_counter()
+    fn()
+    calls = max(1, min(50, round(block_s / max(time.perf_counter() - t0, 1e-6))))
+    blocks = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        blocks.append((time.perf_counter() - t0) / calls * 1e3)
+    return statistics.median(blocks)
+
+
+def fwd_bwd(kind: str, core: torch.nn.Module, x: torch.Tensor, s0: tuple, is_first: torch.Tensor) -> Callable[[], None]:
+    """One forward + backward of ``core`` over ``x[T, B, F]`` (``nn.gru``: the ``nn.GRU`` library path)."""
+    def run() -> None:
+        if kind != "nn.gru":
+            y = core.unroll(x, s0, is_first, return_state=False)[0]
+        elif bool(is_first[1:].any()):
+            y = core._unroll_segments(x, s0, is_first, False)[0]
+        else:
+            y = core.net(x, s0[0])[0]
+        y.sum().backward()
+    return run
+
+
+def time_row(T: int, B: int, H: int, F: int, is_first: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, float]:
+    """ms per forward + backward of each core kind on one ``x[T, B, F]`` window with these episode starts."""
+    x = torch.randn(T, B, F, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for kind in kinds:
+        torch.manual_seed(0)
+        core = make_core(kind.removeprefix("nn."), F, H)
+        out[kind] = ms_per_call(fwd_bwd(kind, core, x, core.initial_state(B), is_first))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"only (T, B, H) in {QUICK}")
+    p.add_argument("--F", type=int, default=64, help="input features per step")
+    p.add_argument("--episode-len", type=float, default=50.0, help="mean episode length of the reset rows")
+    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated core kinds")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    kinds = tuple(a.kinds.split(","))
+    shapes = QUICK if a.quick else list(itertools.product(FULL["T"], FULL["B"], FULL["H"]))
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread, F={a.F}; ms per forward+backward, one layer\n")
+    scans = [k for k in kinds if k in SCANS]
+    ratio = "lstm / best scan" if "lstm" in kinds and scans else ""
+    print("| T | B | H | resets | " + " | ".join(kinds) + (f" | {ratio} |" if ratio else " |"))
+    print("|---:|---:|---:|---:|" + "---:|" * (len(kinds) + bool(ratio)))
+    for T, B, H in shapes:
+        gen = torch.Generator().manual_seed(1)
+        with_resets = torch.rand(T, B, generator=gen) < 1 / a.episode_len
+        for is_first in (torch.zeros(T, B, dtype=torch.bool), with_resets):
+            ms = time_row(T, B, H, a.F, is_first, kinds)
+            cells = [f"{ms[k]:.1f}" for k in kinds]
+            if ratio:
+                cells.append(f"{ms['lstm'] / min(ms[k] for k in scans):.1f}x")
+            print(f"| {T} | {B} | {H} | {int(is_first[1:].sum())} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
