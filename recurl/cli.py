@@ -271,7 +271,7 @@ def cmd_diagnose(argv: list[str]) -> int:
     from recurl.nn.recurrent import CORE_KINDS
     from recurl.presets import preset
 
-    env = resolve_env_id(a.env)
+    env = resolve_env_id(a.env, allow_import=True)  # typed by the user
     cores = tuple(a.cores.split(","))
     check_value("cores", cores, OneOf(CORE_KINDS))
     check_value("seeds", a.seeds, AT_LEAST_1)
@@ -353,7 +353,7 @@ def cmd_play(argv: list[str]) -> int:
     p.add_argument("--record", default=None, metavar="PATH", help="save the finished episodes as a Minari dataset")
     a = p.parse_args(argv)
     check_value("episodes", a.episodes, AT_LEAST_1)
-    play(resolve_env_id(a.env_id), a.episodes, record=a.record, seed=a.seed)
+    play(resolve_env_id(a.env_id, allow_import=True), a.episodes, record=a.record, seed=a.seed)
     return 0
 
 

@@ -1,6 +1,8 @@
 """Moving observations between numpy (envs, users) and torch (policy), for plain and Dict spaces.
 
-Also the single place where user-supplied observations are validated (shape, dtype, NaN, range).
+Also the single place where user-supplied observations are validated (shape, dtype, NaN, range). A policy
+of a Tuple, nested Dict or text-bearing env sees the flat Dict of :class:`recurl.envs.wrappers.FlattenObs`;
+the env's own observations are accepted too and flattened the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from recurl.envs.wrappers import flatten_obs
 from recurl.errors import RecurlError
 from recurl.nn.encoders import Obs
 
@@ -66,11 +69,16 @@ class ObsConverter:
 
         Returns ``(obs with a batch axis, N, whether the input was batched)``. Raises
         :class:`RecurlError` naming the problem for a wrong shape, dtype, NaN or out-of-range value.
+        For a Dict space, the env's own Tuple or nested observation (text leaves included) is flattened
+        first, as ``make_vec_env`` flattens the env's.
         """
         if self.is_dict:
+            if isinstance(obs, tuple) or (isinstance(obs, dict) and obs.keys() != self.leaves.keys()):
+                obs = flatten_obs(obs)
             if not isinstance(obs, dict) or set(obs) != set(self.leaves):
                 got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
-                raise RecurlError(f"observation must be a dict with keys {sorted(self.leaves)}, got {got}")
+                raise RecurlError(f"observation must be a dict with keys {sorted(self.leaves)} (or the env's own "
+                                  f"observation, which flattens to them), got {got}")
             parts = {k: _check_leaf(_as_array(obs[k], f"observation[{k!r}]"), s, f"observation[{k!r}]")
                      for k, s in self.leaves.items()}
             ns = {n for _, n, _ in parts.values()}

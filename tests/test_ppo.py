@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from recurl import RecurrentPPO
+from recurl import RecurrentPPO, evaluate_policy
 from recurl.algos.ppo import RolloutBuffer, compute_gae
 from recurl.errors import RecurlError
 
@@ -137,8 +137,13 @@ def test_unbatched_predict_returns_one_action() -> None:
 @pytest.mark.parametrize("env_id,kw", [("recurl/RepeatPrevious-v0", {}), ("recurl/CartPoleNoVel-v1", {})])
 def test_every_core_trains_on_each_task(env_id: str, kw: dict) -> None:
     for core in ("lstm", "gru", "rnn", "none"):
-        model = _model(env=env_id, env_kwargs=kw, policy={"core": core}).learn(32, progress_bar=False)
-        assert model.num_timesteps == 32
+        model = _model(env=env_id, env_kwargs=kw, policy={"core": core})
+        before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+        model.learn(32, progress_bar=False)
+        moved = [k for k, v in model.policy.state_dict().items() if not torch.equal(v, before[k])]
+        assert any(".core." in k for k in moved) or core == "none", f"{core}: the core did not train"
+        assert any(k.startswith("pi.") for k in moved) and any(k.startswith("v.") for k in moved)
+        assert np.isfinite(evaluate_policy(model, n_episodes=2)["mean_return"])
 
 
 def test_bad_config_is_one_clear_error() -> None:

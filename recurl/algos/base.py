@@ -26,7 +26,7 @@ from recurl.checkpoint import (
     write_checkpoint,
 )
 from recurl.collector import env_action, mask_source
-from recurl.envs import make_vec_env
+from recurl.envs import make_vec_env, resolve_env_id
 from recurl.errors import RecurlError
 from recurl.evaluation import EvalCallback, new_eval_record
 from recurl.nn.recurrent import State
@@ -97,6 +97,10 @@ class Algorithm:
         except TypeError as e:
             raise RecurlError(f"unknown {self.algo.upper()} option: {e}") from None
         self._prepare()
+        # The caller's id may name the module that registers it (Gymnasium's module:EnvId): import it here,
+        # once, and keep the registered id, so config.json names no module (runs are read back strictly).
+        # A dataset's id (behaviour cloning) was refused on reading if it named one.
+        self.config = dataclasses.replace(self.config, env=resolve_env_id(self.config.env, allow_import=True))
         self.device = pick_device(self.config.device)
         set_threads(self.config.threads)
         set_seed(self.config.seed)

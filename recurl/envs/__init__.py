@@ -2,19 +2,25 @@
 
 Registered ids: ``recurl/CartPoleNoVel-v1``, ``recurl/TMaze-v0``, ``recurl/RepeatPrevious-v0`` and the
 seven ``recurl/SwampTour-<task>-v0``. Bare names users know (``CartPoleNoVel-v1``) resolve to ours.
+Third-party suites resolve by their own ids once installed (:data:`SUITES`), and any other package's ids
+with Gymnasium's ``module:EnvId`` form where the user typed it.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from typing import Any
 
 import gymnasium as gym
 
 from recurl.envs.swamptour import register_swamptour
-from recurl.envs.wrappers import PrevActionReward
+from recurl.envs.wrappers import FlattenObs, PrevActionReward, needs_flattening
 from recurl.errors import RecurlError
 
 RECURL_IDS = ("recurl/CartPoleNoVel-v1", "recurl/TMaze-v0", "recurl/RepeatPrevious-v0")
+#: id prefix of a third-party suite -> the package whose import registers its ids (and recurl's extra for it)
+SUITES = {"popgym-": "popgym", "MiniGrid-": "minigrid", "BabyAI-": "minigrid"}
 
 
 def register() -> None:
@@ -35,15 +41,46 @@ def register() -> None:
     register_swamptour()
 
 
-def resolve_env_id(env_id: str) -> str:
-    """Return the registered id for ``env_id`` (``CartPoleNoVel-v1`` -> ``recurl/CartPoleNoVel-v1``)."""
+def resolve_env_id(env_id: str, allow_import: bool = False) -> str:
+    """Return the registered id for ``env_id`` (``CartPoleNoVel-v1`` -> ``recurl/CartPoleNoVel-v1``).
+
+    An id of a suite in :data:`SUITES` (``popgym-...``, ``MiniGrid-...``) imports that suite's package, a
+    module recurl names, never one the id names. Gymnasium's ``module:EnvId`` imports ``module`` first and
+    resolves to ``EnvId``; only with ``allow_import``, for ids the user typed (``recurl train --env``, an
+    algorithm's ``env``): an id read from a saved run or a dataset must name no code to run.
+    """
     register()
+    module, colon, name = env_id.rpartition(":")
+    if colon:
+        if not allow_import:
+            raise RecurlError(f"env id {env_id!r} names a module to import, which recurl does only for an id you "
+                              f"pass yourself (recurl train --env, the algorithm's env), not one read from a file: "
+                              f"use the registered id {name!r}")
+        _import(module, f"env id {env_id!r} names the module {module!r}, which is not installed: install the "
+                        "package that provides it")
+        env_id = name
+    suite = next((pkg for prefix, pkg in SUITES.items() if env_id.startswith(prefix)), None)
+    if suite is not None:
+        _import(suite, f"{env_id} is one of {suite}'s tasks: pip install 'recurl[{suite}]'")
     if env_id in gym.registry:
         return env_id
     if f"recurl/{env_id}" in gym.registry:
         return f"recurl/{env_id}"
+    near = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+    hint = f"did you mean {', '.join(near)}? " if near else ""
     ours = ", ".join(sorted(k for k in gym.registry if k.startswith("recurl/")))
-    raise RecurlError(f"unknown env id {env_id!r}: use a registered Gymnasium id, e.g. one of recurl's: {ours}")
+    raise RecurlError(f"unknown env id {env_id!r}: {hint}use a registered Gymnasium id, e.g. one of recurl's: {ours}")
+
+
+def _import(module: str, missing: str) -> None:
+    """Import ``module`` (which registers env ids as it loads); ``missing`` is the error when it is not
+    installed. A module that is there but fails to import raises its own error."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(f"{e.name}.")):
+            raise
+        raise RecurlError(missing) from None
 
 
 def make_vec_env(
@@ -57,7 +94,8 @@ def make_vec_env(
 
     A registered native vector implementation (``vector_entry_point``) is used when there is one;
     otherwise the envs run in a ``SyncVectorEnv``. ``prev_action_reward`` wraps the result in
-    :class:`~recurl.envs.wrappers.PrevActionReward`.
+    :class:`~recurl.envs.wrappers.PrevActionReward`. Tuple, nested Dict and text-bearing observations are
+    presented as a flat Dict (:class:`~recurl.envs.wrappers.FlattenObs`), the space the policy sees.
     """
     env_id = resolve_env_id(env_id)
     if num_envs < 1:
@@ -80,4 +118,6 @@ def make_vec_env(
         raise RecurlError(f"{env_id}: recurl needs NEXT_STEP autoreset, the vector env uses {mode_used}")
     if prev_action_reward:
         env = PrevActionReward(env)
+    if needs_flattening(env.single_observation_space):
+        env = FlattenObs(env)
     return env

@@ -1,4 +1,4 @@
-"""Vector-env wrappers that give a memory policy more to remember with."""
+"""Vector-env wrappers: more for a memory policy to remember with, and observations made encodable."""
 
 from __future__ import annotations
 
@@ -75,3 +75,77 @@ class PrevActionReward(gym.vector.VectorWrapper):
         prev_r[self._resetting] = 0.0
         self._resetting = np.logical_or(terminated, truncated)
         return {"obs": obs, "prev_action": prev_a, "prev_reward": prev_r}, reward, terminated, truncated, info
+
+
+def is_text(space: gym.Space) -> bool:
+    """A space of strings (Gymnasium's ``Text``, MiniGrid's ``MissionSpace``): no tensor encodes it."""
+    return space.dtype is not None and space.dtype.kind == "U"
+
+
+def needs_flattening(space: gym.Space) -> bool:
+    """Whether :class:`FlattenObs` changes ``space``: a Tuple, or a Dict holding a Dict, a Tuple or text."""
+    nested = gym.spaces.Dict | gym.spaces.Tuple
+    return isinstance(space, gym.spaces.Tuple) or (
+        isinstance(space, gym.spaces.Dict) and any(isinstance(s, nested) or is_text(s) for s in space.values()))
+
+
+def _children(x: Any) -> list[tuple[str, Any]] | None:
+    """The named children of a Dict/Tuple space or of a dict/tuple observation (``None``: a leaf)."""
+    if isinstance(x, gym.spaces.Dict | dict):
+        return [(str(k), v) for k, v in x.items()]
+    if isinstance(x, gym.spaces.Tuple | tuple):
+        return [(str(i), v) for i, v in enumerate(x)]
+    return None
+
+
+def _flatten(x: Any, drop: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of the nested ``x`` by dotted path (``"0"``, ``"obs.image"``), without those ``drop`` selects."""
+    children = _children(x)
+    if children is None:
+        return {} if drop(x) else {prefix: x}
+    out: dict[str, Any] = {}
+    for key, child in children:
+        flat = _flatten(child, drop, f"{prefix}.{key}" if prefix else key)
+        if out.keys() & flat.keys():  # e.g. a key "a.b" next to a Dict "a" holding "b"
+            raise RecurlError(f"observation keys {sorted(out.keys() & flat.keys())} occur twice once nested keys "
+                              "are joined with '.': rename the env's observation keys")
+        out.update(flat)
+    return out
+
+
+def flatten_space(space: gym.Space) -> gym.spaces.Dict:
+    """A Tuple or (nested) Dict space as one flat Dict: keys are dotted paths (``"0"``, ``"1"`` for a Tuple's
+    entries, ``"obs.image"`` inside a Dict) and text leaves are left out."""
+    return gym.spaces.Dict(_flatten(space, is_text))
+
+
+def flatten_obs(obs: Any) -> dict[str, Any]:
+    """An observation of a Tuple or nested Dict space (one, or a vector env's batch) laid out as
+    :func:`flatten_space` lays out the space; strings (text leaves, one or a batch of them) are left out."""
+    return _flatten(obs, lambda leaf: isinstance(leaf, str))
+
+
+class FlattenObs(gym.vector.VectorObservationWrapper):
+    """Presents a Tuple, nested Dict or text-bearing observation as the flat Dict of :func:`flatten_space`.
+
+    POPGym's Autoencode observes ``Tuple(Discrete(2), Discrete(4))``: the policy sees ``Dict("0", "1")``.
+    MiniGrid observes ``Dict(direction, image, mission)``: the policy sees ``Dict(direction, image)``.
+    Text leaves are dropped, silently by design: no tensor encodes a string, and where the text is fixed
+    (MiniGrid's Memory tasks) nothing is lost. A task whose text varies and matters (BabyAI's missions)
+    needs it turned into numbers by a wrapper of your own first (e.g. an index into the known missions).
+
+    Saved runs and ONNX exports describe the flat space, the one the policy sees; ``predict`` and
+    :class:`recurl.Agent` also take the env's own observations and flatten them the same way
+    (:func:`flatten_obs`).
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        super().__init__(env)
+        self.single_observation_space = flatten_space(env.single_observation_space)
+        if not self.single_observation_space.spaces:
+            raise RecurlError(f"observation space {env.single_observation_space} has nothing recurl can encode "
+                              "(its text leaves are dropped): add numeric observations")
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, env.num_envs)
+
+    def observations(self, observations: Any) -> dict[str, Any]:
+        return flatten_obs(observations)
