@@ -5,13 +5,14 @@ evaluation run) for a batch of ``B`` envs (``B`` is dynamic), for every algorith
 actor (the critic is not needed to act), R2D2 its Q-network (greedy action):
 
 - inputs: the observation (``obs``, or ``obs.<key>`` per key of a Dict space, in sorted key order), the
-  acting state's tensors ``[layers, B, H]`` (``h_in`` and, for LSTM, ``c_in``) and ``is_first`` float32
+  acting state's tensors ``[layers, B, H]`` named ``<name>_in`` after the core's ``state_names`` (``h_in``,
+  and ``c_in`` for LSTM; ``h_re_in``, ``h_im_in`` for LRU), and ``is_first`` float32
   ``[B]`` (1.0 where the observation starts an episode: the graph zeroes that env's incoming state,
   exactly like the PyTorch core; a memoryless ``none`` core has neither state nor ``is_first``), and for a
   policy trained with action masks ``action_mask`` float32 ``[B, n]`` (1.0 where the action is valid);
 - outputs: ``action`` (argmax, or the Gaussian mean clipped to the action bounds), then ``logits``
   (Discrete, MultiDiscrete), ``mean`` and ``log_std`` (Box) or ``q`` (R2D2), then the new state
-  (``h_out``, ``c_out``).
+  (``<name>_out``).
 
 The observation normaliser is inside the graph: feed raw observations. Everything a runtime needs to
 drive the graph (names, shapes, dtypes, spaces, core type, the action delay and its default action) is

@@ -2,9 +2,9 @@
 
 Parity: the exported graph, stepped by onnxruntime through whole episodes with resets, matches the
 PyTorch policy's acting step (actions, logits / mean and log_std, every state tensor) within 1e-5 for
-LSTM, GRU, RNN and the scan cores (minGRU, minLSTM, LRU) with discrete and continuous actions; the Agent matches it too, and so do R2D2's
-Q-network and a behaviour-cloned policy with an action delay. A trained T-maze agent,
-exported, solves the maze in a process that never imports torch or recurl.
+LSTM, GRU, RNN and the scan cores (minGRU, minLSTM, LRU) with discrete and continuous actions; the
+Agent matches it too, and so do R2D2's Q-network and a behaviour-cloned policy with an action delay. A
+trained T-maze agent, exported, solves the maze in a process that never imports torch or recurl.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``MeleeModel``: embeddings + float features -> ``RecurrentCore`` -> autoregressive controller head.
+"""``MeleeModel``: embeddings + float features -> a recurrent core (any kind) -> autoregressive controller head.
 
 Batch layout (all time-major, ``T`` steps by ``B`` rows; see ``train.make_sequence`` for how the reaction
 delay aligns them): row ``t`` holds the game state of frame ``t - D`` and the target controller of frame
@@ -25,7 +25,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from recurl.melee import features as F
-from recurl.nn.recurrent import RecurrentCore, State
+from recurl.nn.recurrent import State, make_core
 
 COMPONENTS: tuple[str, ...] = ("buttons", "main", "cstick", "shoulder")
 Batch = dict[str, torch.Tensor]
@@ -106,7 +106,7 @@ class MeleeModel(nn.Module):
         self.prev_shoulder_emb = nn.Embedding(F.NUM_SHOULDER, ctrl_dim)
         n_in = 2 * action_dim + 2 * char_dim + stage_dim + F.OBS_FLOATS + F.NUM_BUTTONS + 3 * ctrl_dim
         self.encoder = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU())
-        self.core = RecurrentCore(core, hidden, hidden, num_layers)
+        self.core = make_core(core, hidden, hidden, num_layers)
         self.head = ControllerHead(hidden, head_hidden, ctrl_dim)
 
     def initial_state(self, batch: int) -> State:

@@ -132,7 +132,8 @@ def _leaf(space: gym.Space, embed_dim: int, cnn_features: int) -> nn.Module:
             raise RecurlError(f"unsupported observation space {space}: MultiDiscrete must be 1-D")
         return _Embed(space.nvec, space.start, embed_dim, scalar=False)
     raise RecurlError(
-        f"unsupported observation space {space}: use Box, Discrete, MultiDiscrete, MultiBinary or a Dict of them"
+        f"unsupported observation space {space}: use Box, Discrete, MultiDiscrete, MultiBinary or a Dict of them "
+        "(recurl's vector envs flatten Tuple and nested Dict observations into one)"
     )
 
 
