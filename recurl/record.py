@@ -86,8 +86,9 @@ def record_run(run_dir: str | Path, out: str | Path, episodes: int, env_id: str 
     if getattr(cfg, "prev_action_reward", False):
         raise RecurlError(f"{run_dir} sees its previous action and reward through an env wrapper "
                           "(prev_action_reward): recording its episodes is not supported")
-    same_env = env_id is None or resolve_env_id(env_id) == resolve_env_id(cfg.env)
-    env_id = resolve_env_id(cfg.env if env_id is None else env_id)
+    run_env = resolve_env_id(cfg.env)  # from the run's file: registered ids only
+    env_id = run_env if env_id is None else resolve_env_id(env_id, allow_import=True)  # typed by the user
+    same_env = env_id == run_env
     env_kwargs = dict(cfg.env_kwargs) if same_env else {}
     col = Collector(make_vec_env(env_id, 1, env_kwargs), model.device, model.action_delay, record=True,
                     env_id=env_id, masks=bool(model.config.policy.action_masks))

@@ -19,7 +19,8 @@ from recurl.evaluation import evaluate_policy
 
 def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
     """``runs/<env>__<algo>__<seed>__<time>`` (the CleanRL / SB3 naming users know)."""
-    return Path("runs") / f"{env_id.replace('/', '_')}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    name = env_id.replace("/", "_").replace(":", "_")  # ``module:EnvId`` makes no colon in a path
+    return Path("runs") / f"{name}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def load_model(run_dir: str | Path, device: str = "auto") -> Algorithm:
