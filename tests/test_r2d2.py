@@ -349,5 +349,6 @@ def test_r2d2_learns_the_tmaze_cue(seed: int) -> None:
 
 @pytest.mark.slow
 def test_r2d2_memoryless_baseline_guesses() -> None:
+    """Without memory the junction is a coin flip at best (this one even learns to dawdle there)."""
     r = evaluate_policy(_tmaze_r2d2("none", 0), n_episodes=100, seed=123)
-    assert 0.35 <= r["success_rate"] <= 0.65, r
+    assert r["success_rate"] <= 0.65, r
