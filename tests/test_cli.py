@@ -69,11 +69,20 @@ def test_text_enjoy(tmp_path: Path, capsys) -> None:
         (["frobnicate"], 2, "unknown command"),
     ],
 )
-def test_bad_input_is_one_clear_error(args: list[str], code: int, message: str) -> None:
+def test_bad_input_is_one_clear_error(args: list[str], code: int, message: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,code,message", [(["train", "--env", "NoSuchEnv-v0", "--quiet"], 1, "unknown env id"),
+                                               (["train", "--no-such-flag", "1"], 2, "no-such-flag")])
+def test_the_console_script_exits_with_one_clear_error(args: list[str], code: int, message: str) -> None:
+    """The same through a real process: exit status and stderr as a shell sees them."""
     res = _run(*args)
     assert res.returncode == code, res.stderr
-    assert message in res.stderr
-    assert "Traceback" not in res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
