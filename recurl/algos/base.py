@@ -84,7 +84,7 @@ class Algorithm:
     #: ``(first, last)`` value of the step counter in the current learn call (resume continues it)
     _span: tuple[int, int] = (0, 0)
     #: progress of the scheduled evaluations (:class:`~recurl.evaluation.EvalCallback`)
-    eval_record: dict[str, Any] = new_eval_record()
+    eval_record: dict[str, Any]
 
     def __init__(self, env: str | None = None, config: Any = None, **overrides: Any) -> None:
         cfg = config or self.config_class()
@@ -97,6 +97,7 @@ class Algorithm:
         except TypeError as e:
             raise RecurlError(f"unknown {self.algo.upper()} option: {e}") from None
         self._prepare()
+        self.eval_record = new_eval_record()
         # The caller's id may name the module that registers it (Gymnasium's module:EnvId): import it here,
         # once, and keep the registered id, so config.json names no module (runs are read back strictly).
         # A dataset's id (behaviour cloning) was refused on reading if it named one.
@@ -362,6 +363,7 @@ def _from_saved(cls: type[Algorithm], path: Path, saved: SavedRun, overrides: di
         raise RecurlError(f"{path / CONFIG_FILE} does not match this recurl version ({e})") from None
     self = cls.__new__(cls)
     self.config = cfg
+    self.eval_record = new_eval_record()
     self.device = pick_device(cfg.device)
     self.observation_space, self.action_space = saved.observation_space, saved.action_space
     self._loaded()
