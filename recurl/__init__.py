@@ -18,15 +18,25 @@ _EXPORTS = {
     "Agent": "recurl.agent",
     "BCConfig": "recurl.algos", "BehaviourCloning": "recurl.algos", "PPOConfig": "recurl.algos",
     "R2D2": "recurl.algos", "R2D2Config": "recurl.algos", "RecurrentPPO": "recurl.algos",
+    "RecurrentSAC": "recurl.algos", "SACConfig": "recurl.algos",
     "evaluate_policy": "recurl.evaluation",
     "load_model": "recurl.runs",
 }
 __all__ = ["Agent", "BCConfig", "BehaviourCloning", "PPOConfig", "R2D2", "R2D2Config", "RecurrentPPO",
-           "__version__", "evaluate_policy", "load_model"]
+           "RecurrentSAC", "SACConfig", "__version__", "evaluate_policy", "load_model"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from recurl.agent import Agent
-    from recurl.algos import R2D2, BCConfig, BehaviourCloning, PPOConfig, R2D2Config, RecurrentPPO
+    from recurl.algos import (
+        R2D2,
+        BCConfig,
+        BehaviourCloning,
+        PPOConfig,
+        R2D2Config,
+        RecurrentPPO,
+        RecurrentSAC,
+        SACConfig,
+    )
     from recurl.evaluation import evaluate_policy
     from recurl.runs import load_model
 

@@ -92,6 +92,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "r2d2-Tmaze_either": _swamp("Tmaze_either", 5, 100_000),
     "r2d2-ruin_1swamp": _swamp("ruin_1swamp", 10, 150_000),
     "r2d2-ruin_2swamp": _swamp("ruin_2swamp", 20, 800_000, eval_episodes=1000),
+    # Recurrent SAC (Ni et al. 2022) on the angle-only pendulum: LSTM 64 in each of actor and critic, 32-step
+    # windows with an 8-step burn-in, one update per env step (measured in docs/sac.md).
+    "sac-pendulum-p": ("sac", {
+        "env": "recurl/Pendulum-P-v1", "total_steps": 10_000, "learning_starts": 1_000, "batch_size": 32,
+        "seq_len": 32, "overlap": 16, "burn_in": 8, "policy": {"core": "lstm", "hidden_size": 64,
+                                                             "head_hidden": (128, 128)},
+    }),
 }
 
 

@@ -1,6 +1,6 @@
 """One contract for every algorithm (SB3's habit of looping its API tests over all algorithms): the same
 constructor, learn that continues, callbacks that stop, same-seed determinism, save/load, predict, export
-and the Agent, for PPO, R2D2 and BC."""
+and the Agent, for PPO, R2D2, BC and SAC."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from recurl import R2D2, Agent, BehaviourCloning, RecurrentPPO, evaluate_policy, load_model
+from recurl import R2D2, Agent, BehaviourCloning, RecurrentPPO, RecurrentSAC, evaluate_policy, load_model
 from recurl.algos.base import Algorithm
 from recurl.data.trajectories import write_dataset
 from recurl.export import export_onnx
@@ -55,7 +55,14 @@ def _bc(data: str) -> Algorithm:
                             policy={"hidden_size": 16}, **KW)
 
 
-MAKERS: dict[str, tuple[Callable[[str], Algorithm], int]] = {"ppo": (_ppo, 32), "r2d2": (_r2d2, 48), "bc": (_bc, 6)}
+def _sac(_: str) -> Algorithm:  # continuous actions: the angle-only pendulum
+    return RecurrentSAC("recurl/Pendulum-P-v1", learning_starts=16, batch_size=4, seq_len=4, overlap=1, burn_in=2,
+                        policy={"hidden_size": 16, "encoder_hidden": (16,), "head_hidden": (16,)}, device="cpu",
+                        seed=0)
+
+
+MAKERS: dict[str, tuple[Callable[[str], Algorithm], int]] = {"ppo": (_ppo, 32), "r2d2": (_r2d2, 48), "bc": (_bc, 6),
+                                                             "sac": (_sac, 32)}
 
 
 def _weights(model: Algorithm) -> dict[str, torch.Tensor]:
@@ -89,7 +96,7 @@ def test_save_load_predict_export_agent(algo: str, dataset: str, tmp_path: Path)
     loaded = load_model(tmp_path / "run", device="cpu")
     assert type(loaded) is type(model)
     rng = np.random.default_rng(0)
-    obs = rng.random((3, 4)).astype(np.float32)
+    obs = rng.random((3, *model.observation_space.shape)).astype(np.float32)
     s1 = s2 = None
     for t in range(6):
         start = np.array([t == 0, t == 3, False])

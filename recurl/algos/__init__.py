@@ -11,16 +11,18 @@ from recurl.algos.base import Algorithm, build_config
 from recurl.algos.bc import BCConfig, BehaviourCloning
 from recurl.algos.ppo import PPOConfig, RecurrentPPO
 from recurl.algos.r2d2 import R2D2, R2D2Config
+from recurl.algos.sac import RecurrentSAC, SACConfig
 from recurl.errors import RecurlError
 
 ALGOS: dict[str, tuple[type, type[Algorithm]]] = {
     "ppo": (PPOConfig, RecurrentPPO),
     "r2d2": (R2D2Config, R2D2),
     "bc": (BCConfig, BehaviourCloning),
+    "sac": (SACConfig, RecurrentSAC),
 }
 
 __all__ = ["ALGOS", "Algorithm", "BCConfig", "BehaviourCloning", "PPOConfig", "R2D2", "R2D2Config",
-           "RecurrentPPO", "algo_classes", "build_config"]
+           "RecurrentPPO", "RecurrentSAC", "SACConfig", "algo_classes", "build_config"]
 
 
 def algo_classes(name: str) -> tuple[type, type[Algorithm]]:

@@ -25,7 +25,7 @@ from recurl.checkpoint import (
     space_to_json,
     write_checkpoint,
 )
-from recurl.collector import env_action, mask_source
+from recurl.collector import Collector, env_action, mask_source
 from recurl.envs import make_vec_env, resolve_env_id
 from recurl.errors import RecurlError
 from recurl.evaluation import EvalCallback, new_eval_record
@@ -228,6 +228,18 @@ class Algorithm:
                fresh: bool) -> None:
         """The training loop, from ``num_timesteps`` up to ``_span[1]``; ``fresh`` restarts the envs."""
         raise NotImplementedError
+
+    def _fresh_collector(self, state: Any) -> Collector:
+        """Close the envs in use and step ``num_envs`` new ones from ``state`` (a resumed run restarts its
+        episodes: env state is not saved), keeping the recent-episode window of a resumed run."""
+        cfg = self.config
+        if getattr(self, "collector", None) is not None:
+            self.collector.env.close()
+        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env, masks=self.masked)
+        if getattr(self, "stats_history", None):
+            self.collector.stats.load(self.stats_history)
+        self.collector.reset(cfg.seed + 7919 * self.n_updates, state)
+        return self.collector
 
     def make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
         """``n`` copies of the config's env as one vector env (NEXT_STEP autoreset)."""

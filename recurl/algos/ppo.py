@@ -463,14 +463,8 @@ class RecurrentPPO(Algorithm):
     def _start_collector(self) -> None:
         """Fresh envs and zero states (a resumed run restarts its episodes: env state is not saved)."""
         cfg = self.config
-        if self.collector is not None:
-            self.collector.env.close()
-        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env, masks=self.masked)
-        if self.stats_history:  # resumed: keep the recent-episode window
-            self.collector.stats.load(self.stats_history)
         teacher = self.teacher.initial_state(cfg.num_envs, self.device) if self.teacher else ActorCriticState((), ())
-        self.collector.reset(cfg.seed + 7919 * self.n_updates,
-                             (self.policy.initial_state(cfg.num_envs, self.device), teacher))
+        self._fresh_collector((self.policy.initial_state(cfg.num_envs, self.device), teacher))
         self._ret = np.zeros(cfg.num_envs, np.float64)
 
     # -- persistence -------------------------------------------------------------------------------------

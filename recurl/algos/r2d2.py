@@ -27,18 +27,14 @@ are presets (``article-lstm``, ``article-gru``; see docs/r2d2.md).
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 
-from recurl.algos.base import Algorithm, Callback
-from recurl.collector import Collector
+from recurl.algos.replay import ReplayAlgorithm, time_slice
 from recurl.config import (
     AT_LEAST_0,
     AT_LEAST_1,
@@ -51,9 +47,8 @@ from recurl.config import (
     Ranges,
     check_config,
 )
-from recurl.data.sequence_replay import SequenceBatch, SequenceReplay, SequenceWriter
+from recurl.data.sequence_replay import SequenceBatch, SequenceReplay
 from recurl.errors import RecurlError
-from recurl.logger import RunLogger
 from recurl.nn.encoders import Obs, ObsEncoder, mlp
 from recurl.nn.heads import apply_mask
 from recurl.nn.policy import ACTIVATIONS, NetworkConfig
@@ -325,7 +320,7 @@ def n_step_targets(rewards: torch.Tensor, terminated: torch.Tensor, valid: torch
 # ---------------------------------------------------------------------------------------------------
 # The algorithm
 # ---------------------------------------------------------------------------------------------------
-class R2D2(Algorithm):
+class R2D2(ReplayAlgorithm):
     """Recurrent replay distributed DQN with the SB3-style API: ``learn``, ``predict``, ``save``, ``load``.
 
     Args:
@@ -346,8 +341,8 @@ class R2D2(Algorithm):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
         self.num_timesteps = 0
         self.n_updates = 0
-        self.collector: Collector | None = None
-        self.stats_history: dict[str, Any] | None = None
+        self.collector = None
+        self.stats_history = None
 
     # -- exploration -------------------------------------------------------------------------------------
     def epsilons(self) -> torch.Tensor:
@@ -372,12 +367,12 @@ class R2D2(Algorithm):
         """
         cfg = self.config
         L = cfg.burn_in
-        obs_after = _slice(batch.obs, L, None)
+        obs_after = time_slice(batch.obs, L, None)
         with torch.no_grad():
             # Burn-in: bring the stored (possibly stale) state up to date without training on it.
             state = batch.state0
             if L > 0:
-                _, state = self.policy.unroll(_slice(batch.obs, 0, L), state, batch.is_first[:L])
+                _, state = self.policy.unroll(time_slice(batch.obs, 0, L), state, batch.is_first[:L])
             q_target, _ = self.target.unroll(batch.obs, batch.state0, batch.is_first)  # [W + 1, B, A]
         q_online, _ = self.policy.unroll(obs_after, state, batch.is_first[L:], cfg.bptt)  # [seq_len + 1, B, A]
         q_target = q_target[L:]
@@ -424,105 +419,27 @@ class R2D2(Algorithm):
             self.target.load_state_dict(self.policy.state_dict())
         return logs
 
-    # -- the training loop ---------------------------------------------------------------------------------
-    def _train(self, run_dir: str | Path | None, progress_bar: bool, callbacks: list[Callback], fresh: bool) -> None:
-        """Act, store sequences, learn, until the span's end (in steps of ``num_envs`` env steps).
+    # -- the actors ---------------------------------------------------------------------------------------
+    train_log_keys = ("train/loss", "train/q_mean")
 
-        The replay lives as long as the model object (a second learn call keeps it); a resumed run refills
-        it (``learning_starts`` steps) since the replay is not saved.
-        """
-        cfg = self.config
-        N = cfg.num_envs
-        start, total = self._span
-        if fresh or self.collector is None:
-            self._start_actors()
-        col, replay, writer = self.collector, self.replay, self.writer
-        logger = RunLogger(run_dir, total, progress_bar)
-        logger.start(self.num_timesteps)
-        log_every = max(N, (total - start) // 200)
-        since_train, next_log = 0, self.num_timesteps + log_every
-        train_logs = {"train/loss": float("nan"), "train/q_mean": float("nan")}  # CSV columns from the first row
-        t_log, steps_log = time.perf_counter(), self.num_timesteps
-        try:
-            while self.num_timesteps < total:
-                eps = self.epsilons()
-                obs, state, is_first = col.obs, col.state, col.is_first
-                mask = col.action_mask
-                with torch.inference_mode():
-                    dist, new_state = self.policy.act(obs, state, is_first, mask, eps)
-                    action = dist.sample()
-                step = col.step(action, new_state)
-                writer.add(np.flatnonzero(step.valid), _to_cpu(obs), tuple(s.cpu() for s in state), action.cpu(),
-                           step.reward, step.terminated, step.truncated, is_first.cpu(), _to_cpu(col.obs),
-                           mask, col.action_mask)
-                self.num_timesteps += N
-                since_train += N
-                if self.num_timesteps - self._actor_start >= cfg.learning_starts and len(replay) >= cfg.batch_size:
-                    while since_train >= cfg.train_every:
-                        since_train -= cfg.train_every
-                        for _ in range(cfg.gradient_steps):
-                            train_logs = self._update(replay)
-                            if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
-                                self.checkpoint(run_dir)
-                else:
-                    since_train = 0
-                if self.num_timesteps >= next_log or self.num_timesteps >= total:
-                    now = time.perf_counter()
-                    logger.log(self.num_timesteps, {
-                        **col.stats.summary(), **train_logs,
-                        "train/epsilon_mean": float(eps.mean()), "train/n_updates": self.n_updates,
-                        "replay/sequences": len(replay),
-                        "time/fps": (self.num_timesteps - steps_log) / max(now - t_log, 1e-9)})
-                    t_log, steps_log, next_log = now, self.num_timesteps, next_log + log_every
-                if any(cb(self) is False for cb in callbacks):
-                    break
-        finally:
-            logger.close()
-        if run_dir is not None:
-            self.checkpoint(run_dir)
+    def _explore(self, obs: Obs, state: State, is_first: torch.Tensor, mask: torch.Tensor | None,
+                 warm: bool) -> tuple[torch.Tensor, State, dict[str, float]]:
+        """Epsilon-greedy over the valid actions, each actor with its own epsilon."""
+        eps = self.epsilons()
+        dist, new_state = self.policy.act(obs, state, is_first, mask, eps)
+        return dist.sample(), new_state, {"train/epsilon_mean": float(eps.mean())}
 
-    def _start_actors(self) -> None:
-        """Fresh envs, zero states, an empty replay (``learning_starts`` counts from here)."""
+    def _new_replay(self) -> SequenceReplay:
         cfg = self.config
-        if self.collector is not None:
-            self.collector.env.close()
-        self.replay = SequenceReplay(cfg.replay_capacity, cfg.burn_in, cfg.seq_len, self.obs_conv,
-                                     tuple((s.shape[0], s.shape[2]) for s in self.policy.initial_state(1, "cpu")),
-                                     cfg.priority_exponent, cfg.stored_state, seed=cfg.seed + self.n_updates,
-                                     mask_width=int(self.action_space.n) if self.masked else 0)
-        self.writer = SequenceWriter(self.replay, cfg.num_envs, self.obs_conv, cfg.overlap)
-        self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env, masks=self.masked)
-        if self.stats_history:  # resumed: keep the recent-episode window
-            self.collector.stats.load(self.stats_history)
-        self.collector.reset(cfg.seed + 7919 * self.n_updates, self.policy.initial_state(cfg.num_envs, self.device))
-        self._actor_start = self.num_timesteps
+        return SequenceReplay(cfg.replay_capacity, cfg.burn_in, cfg.seq_len, self.obs_conv, self._state_shapes(),
+                              cfg.priority_exponent, cfg.stored_state, seed=cfg.seed + self.n_updates,
+                              mask_width=int(self.action_space.n) if self.masked else 0)
+
+    def _target_source(self) -> nn.Module:
+        return self.policy
 
     # -- acting ------------------------------------------------------------------------------------------
     def _act(self, obs: Obs, state: State, is_first: torch.Tensor,
              mask: torch.Tensor | None) -> tuple[EpsilonGreedy, State]:
         # predict(deterministic=False) explores with the config's epsilon; True takes argmax Q
         return self.policy.act(obs, state, is_first, mask, self.config.epsilon)
-
-    # -- persistence -------------------------------------------------------------------------------------
-    def _load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        super()._load_tensors(tensors)
-        self.target.load_state_dict(self.policy.state_dict())
-
-    def _algo_state(self) -> dict[str, Any]:
-        return {"target": self.target.state_dict(),
-                "episodes": self.collector.stats.state() if self.collector else self.stats_history}
-
-    def _restore_algo(self, state: dict[str, Any]) -> None:
-        """The target network and episode window continue; the replay is refilled before updates."""
-        self.target.load_state_dict(state["target"])
-        self.stats_history = state["episodes"]
-
-
-def _slice(obs: Obs, start: int, stop: int | None) -> Obs:
-    """``obs[start:stop]`` along time for plain and Dict observations."""
-    return {k: v[start:stop] for k, v in obs.items()} if isinstance(obs, dict) else obs[start:stop]
-
-
-def _to_cpu(obs: Obs) -> Obs:
-    return {k: v.cpu() for k, v in obs.items()} if isinstance(obs, dict) else obs.cpu()
-

@@ -49,7 +49,7 @@ class SequenceBatch(NamedTuple):
     """A sampled batch, time-major. ``W = burn_in + seq_len``; ``B`` sequences."""
 
     obs: Obs  # [W + 1, B, ...]
-    actions: torch.Tensor  # [W, B] long
+    actions: torch.Tensor  # [W, B] long (discrete), or [W, B, *action_shape] (e.g. float Box actions)
     rewards: torch.Tensor  # [W, B] float32
     terminated: torch.Tensor  # [W, B] bool: the episode ended here with no bootstrap
     valid: torch.Tensor  # [W, B] bool: a real transition (not padding)
@@ -72,17 +72,20 @@ class SequenceReplay:
         stored_state: false replays every window from the zero state (DRQN's "bootstrapped random
             updates" start) instead of the stored actor state.
         mask_width: store each observation's valid-action mask of this width (0: the env has none).
+        action_shape, action_dtype: one action's shape and dtype (default: a long scalar, a Discrete action;
+            SAC stores ``(d,)`` float32 Box actions).
     """
 
     def __init__(self, capacity: int, burn_in: int, seq_len: int, obs_conv: ObsConverter,
                  state_shapes: tuple[tuple[int, int], ...], priority_exponent: float = 0.9,
-                 stored_state: bool = True, seed: int = 0, mask_width: int = 0) -> None:
+                 stored_state: bool = True, seed: int = 0, mask_width: int = 0,
+                 action_shape: tuple[int, ...] = (), action_dtype: torch.dtype = torch.long) -> None:
         self.capacity, self.burn_in, self.seq_len = capacity, burn_in, seq_len
         self.window = W = burn_in + seq_len
         self.alpha = priority_exponent
         self.stored_state = stored_state
         self.obs = obs_conv.empty((capacity, W + 1), torch.device("cpu"))
-        self.actions = torch.zeros(capacity, W, dtype=torch.long)
+        self.actions = torch.zeros(capacity, W, *action_shape, dtype=action_dtype)
         self.rewards = torch.zeros(capacity, W)
         self.terminated = torch.zeros(capacity, W, dtype=torch.bool)
         self.valid = torch.zeros(capacity, W, dtype=torch.bool)
@@ -131,7 +134,7 @@ class SequenceReplay:
             state0 = tuple(torch.zeros_like(s) for s in state0)
         return SequenceBatch(
             obs=obs,
-            actions=self.actions[t_idx].t().to(device),
+            actions=self.actions[t_idx].transpose(0, 1).to(device),
             rewards=self.rewards[t_idx].t().to(device),
             terminated=self.terminated[t_idx].t().to(device),
             valid=self.valid[t_idx].t().to(device),
@@ -165,7 +168,7 @@ class SequenceWriter:
         self.burn_in = replay.burn_in
         self.stride = replay.seq_len - overlap
         self.obs = obs_conv.empty((num_envs, W + 1), torch.device("cpu"))
-        self.actions = torch.zeros(num_envs, W + 1, dtype=torch.long)
+        self.actions = torch.zeros(num_envs, W + 1, *replay.actions.shape[2:], dtype=replay.actions.dtype)
         self.rewards = torch.zeros(num_envs, W + 1)
         self.terminated = torch.zeros(num_envs, W + 1, dtype=torch.bool)
         self.valid = torch.zeros(num_envs, W + 1, dtype=torch.bool)

@@ -1,7 +1,8 @@
 """recurl's tasks, registered as Gymnasium ids, and the one function that builds vector envs.
 
-Registered ids: ``recurl/CartPoleNoVel-v1``, ``recurl/TMaze-v0``, ``recurl/RepeatPrevious-v0`` and the
-seven ``recurl/SwampTour-<task>-v0``. Bare names users know (``CartPoleNoVel-v1``) resolve to ours.
+Registered ids: ``recurl/CartPoleNoVel-v1``, ``recurl/TMaze-v0``, ``recurl/RepeatPrevious-v0``,
+``recurl/Pendulum-P-v1`` and ``recurl/Pendulum-V-v1`` (Pendulum-v1 observing only the angle / only the
+velocity) and the seven ``recurl/SwampTour-<task>-v0``. Bare names users know (``CartPoleNoVel-v1``) resolve to ours.
 Third-party suites resolve by their own ids once installed (:data:`SUITES`), and any other package's ids
 with Gymnasium's ``module:EnvId`` form where the user typed it.
 """
@@ -18,7 +19,8 @@ from recurl.envs.swamptour import register_swamptour
 from recurl.envs.wrappers import FlattenObs, PrevActionReward, needs_flattening
 from recurl.errors import RecurlError
 
-RECURL_IDS = ("recurl/CartPoleNoVel-v1", "recurl/TMaze-v0", "recurl/RepeatPrevious-v0")
+RECURL_IDS = ("recurl/CartPoleNoVel-v1", "recurl/TMaze-v0", "recurl/RepeatPrevious-v0", "recurl/Pendulum-P-v1",
+              "recurl/Pendulum-V-v1")
 #: id prefix of a third-party suite -> the package whose import registers its ids (and recurl's extra for it)
 SUITES = {"popgym-": "popgym", "MiniGrid-": "minigrid", "BabyAI-": "minigrid"}
 
@@ -34,6 +36,9 @@ def register() -> None:
         ),
         "recurl/TMaze-v0": dict(entry_point="recurl.envs.tmaze:TMazeEnv"),
         "recurl/RepeatPrevious-v0": dict(entry_point="recurl.envs.repeat_previous:RepeatPreviousEnv"),
+        # Pendulum-v1 POMDPs (pomdp-baselines): P keeps cos/sin of the angle, V keeps the angular velocity.
+        **{f"recurl/Pendulum-{keep}-v1": dict(entry_point="recurl.envs.pendulum_pomdp:PendulumPOMDPEnv",
+                                              kwargs={"keep": keep}, max_episode_steps=200) for keep in "PV"},
     }
     for env_id, kwargs in specs.items():
         if env_id not in gym.registry:
