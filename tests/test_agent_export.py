@@ -196,6 +196,7 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow  # trains a 50k-step agent first (~6 s)
 def test_exported_tmaze_agent_solves_the_maze_without_torch(tmp_path: Path) -> None:
     model = RecurrentPPO("recurl/TMaze-v0", num_envs=16, n_steps=64, batch_size=512, n_epochs=4,
                          learning_rate=1e-3, ent_coef=0.01, env_kwargs={"length": 2}).learn(50_000, progress_bar=False)
