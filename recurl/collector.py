@@ -38,7 +38,7 @@ import torch
 from recurl.data.trajectories import Episode, episode_from_lists
 from recurl.errors import RecurlError
 from recurl.nn.encoders import Obs
-from recurl.obs import ObsConverter
+from recurl.obs import ObsConverter, mask_width
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,15 +139,6 @@ class EpisodeStats:
 # ---------------------------------------------------------------------------------------------------
 # The collector
 # ---------------------------------------------------------------------------------------------------
-def mask_width(space: gym.Space) -> int:
-    """Width of an action mask for ``space``: ``n`` (Discrete), ``sum(nvec)`` (1-D MultiDiscrete)."""
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, gym.spaces.MultiDiscrete):
-        return int(np.sum(space.nvec))
-    raise RecurlError(f"action masks need a Discrete or MultiDiscrete action space, not {space}")
-
-
 def mask_source(env: gym.vector.VectorEnv) -> str | None:
     """Where ``env``'s action masks come from: ``"obs"`` (an ``action_mask`` key of a Dict observation),
     ``"vector"`` (the vector env's own ``action_masks()``), ``"call"`` (each sub-env's ``action_masks()``),
@@ -259,7 +250,7 @@ class Collector:
         and keep ``state``, the policy's state after that observation."""
         obs_acted, first_acted, valid = self.obs, self.is_first, self.valid
         mapped = env_action(self.action_space, action) if self.policy_actions else np.asarray(action)
-        executed = self.queue(mapped, first_acted.cpu().numpy())
+        executed = self.queue(mapped, first_acted.cpu().numpy()) if self.queue.delay else mapped
         self.t += 1
         try:
             next_obs, reward, term, trunc, info = self.env.step(executed)

@@ -40,9 +40,9 @@ import torch
 from torch import nn
 
 from recurl.checkpoint import space_to_json
-from recurl.collector import default_action, mask_width
+from recurl.collector import default_action
 from recurl.errors import RecurlError
-from recurl.obs import _torch_dtype
+from recurl.obs import _torch_dtype, mask_width
 from recurl.runs import load_model
 from recurl.version import __version__
 

@@ -155,6 +155,15 @@ def check_state(state: Any, shapes: list[tuple[int, int]], n: int) -> list[np.nd
     return out
 
 
+def mask_width(space: gym.Space) -> int:
+    """Width of an action mask for ``space``: ``n`` (Discrete), ``sum(nvec)`` (1-D MultiDiscrete)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return int(np.sum(space.nvec))
+    raise RecurlError(f"action masks need a Discrete or MultiDiscrete action space, not {space}")
+
+
 def check_mask(mask: Any, n: int, action_space: gym.Space, required: bool) -> np.ndarray | None:
     """A user's valid-action masks -> ``[n, width]`` bool (``None`` passes when not ``required``)."""
     if mask is None:
@@ -162,8 +171,7 @@ def check_mask(mask: Any, n: int, action_space: gym.Space, required: bool) -> np
             raise RecurlError("this policy was trained with action masks: pass action_masks, [N, n] bools "
                               "(the env's action_masks())")
         return None
-    width = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else \
-        int(np.sum(getattr(action_space, "nvec", 0)))
+    width = mask_width(action_space)
     a = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
     if a.size != n * width or a.dtype.kind not in "biu":
         raise RecurlError(f"action masks must be {n} x {width} bools for {action_space}, got shape {a.shape} "

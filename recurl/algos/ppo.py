@@ -31,13 +31,13 @@ from torch import nn
 
 from recurl.algos.base import Algorithm, Callback, build_config
 from recurl.checkpoint import read_run
-from recurl.collector import Collector, mask_width
+from recurl.collector import Collector
 from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, EvalSchedule, Ranges, check_config
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import RunningNorm
 from recurl.nn.policy import ActorCriticState, PolicyConfig, RecurrentPolicy
-from recurl.obs import ObsConverter
+from recurl.obs import ObsConverter, mask_width
 
 
 # ---------------------------------------------------------------------------------------------------
