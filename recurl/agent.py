@@ -41,10 +41,13 @@ class Agent:
     Args:
         model: a loaded or freshly trained recurl model of any algorithm (e.g. a :class:`RecurrentPPO`).
         deterministic: take the most likely action (argmax / Gaussian mean) instead of sampling.
-            It is a plain attribute: change it between calls if needed.
+            It is a plain attribute: change it between calls if needed (torch backend; the onnx backend
+            runs the graph chosen at construction: the mode's, or the stochastic one that samples).
+        backend: ``"torch"`` or ``"onnx"`` (ONNX Runtime, several times faster per call at batch 1).
+        seed: seed of the onnx backend's sampling noise (the torch backend samples from torch's generator).
     """
 
-    def __init__(self, model: Any, deterministic: bool = True, backend: str = "torch") -> None:
+    def __init__(self, model: Any, deterministic: bool = True, backend: str = "torch", seed: int | None = None) -> None:
         if backend not in ("torch", "onnx"):
             raise RecurlError(f"unknown backend {backend!r}: choose torch or onnx")
         self.policy = model.policy
@@ -58,10 +61,9 @@ class Agent:
         self._obs_conv = ObsConverter(self.observation_space)
         # backend "onnx": the acting step runs as `recurl export`'s graph of the actor under ONNX Runtime
         # (several times faster per call at batch 1 than eager PyTorch); same state as the torch backend.
-        self._onnx = _OnnxStep(model) if backend == "onnx" else None
-        if self._onnx is not None and not deterministic:
-            raise RecurlError("backend onnx acts deterministically (the graph outputs the mode); use backend torch "
-                              "to sample actions")
+        # sampling on onnx: the stochastic graph, fed noise from this agent's generator
+        self._onnx = _OnnxStep(model, stochastic=not deterministic) if backend == "onnx" else None
+        self._rng = np.random.default_rng(seed)
         shapes = self._onnx.state_shapes if self._onnx else [tuple(s.shape) for s in
                                                               self.policy.initial_act_state(1, "cpu")]
         self._shapes = [(layers, hidden) for layers, _, hidden in shapes]
@@ -142,7 +144,15 @@ class Agent:
         ``[layers, N, H]``, ``is_first[N]`` bool (``None``: no episode starts, the common case, which skips
         the reset arithmetic), the valid actions ``mask[N, n]`` (or ``None``)."""
         if self._onnx is not None:
-            action, new_state = self._onnx(x, state, is_first, mask)
+            if self.deterministic != (self._onnx.noise is None):
+                raise RecurlError("the onnx backend runs the graph chosen when the Agent was made: make a new "
+                                  f"Agent(..., deterministic={self.deterministic}, backend='onnx')")
+            noise = None
+            if self._onnx.noise is not None:
+                n = len(next(iter(x.values())) if isinstance(x, dict) else x)
+                draw = self._rng.standard_normal if self._onnx.noise["law"] == "normal" else self._rng.random
+                noise = draw((n, self._onnx.noise["width"]), dtype=np.float32)
+            action, new_state = self._onnx(x, state, is_first, mask, noise)
             return env_action(self.action_space, action), new_state
         with torch.inference_mode():
             dist, new_state = self.policy.act(x, state, is_first, mask)
@@ -164,15 +174,16 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(u
 class _OnnxStep:
     """The exported acting graph under ONNX Runtime, one thread: ``(obs, state, is_first) -> (action, state)``."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, stochastic: bool = False) -> None:
         import onnxruntime as ort
 
         with tempfile.TemporaryDirectory() as tmp:
-            meta = export_onnx(model, Path(tmp) / "agent.onnx")
+            meta = export_onnx(model, Path(tmp) / "agent.onnx", stochastic=stochastic)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = opts.inter_op_num_threads = 1
             self.session = ort.InferenceSession(str(Path(tmp) / "agent.onnx"), opts,
                                                 providers=["CPUExecutionProvider"])
+        self.noise: dict[str, Any] | None = meta["noise"]
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.dtypes = {i.name: _ORT_DTYPES[i.type] for i in self.session.get_inputs() if i.type in _ORT_DTYPES}
         self.obs_names = [d["name"] for d in meta["inputs"] if d["name"].startswith("obs")]
@@ -180,9 +191,10 @@ class _OnnxStep:
         self.state_shapes = [tuple(meta["state_shape"])] * len(self.state_in)
         self.outputs = ["action", *self.state_out]
 
-    def __call__(self, x: Any, state: tuple, is_first: torch.Tensor | None,
-                 mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
-        """``x``: validated numpy obs ``[N, ...]`` (or a dict of them); ``state``: ``[layers, N, H]`` arrays."""
+    def __call__(self, x: Any, state: tuple, is_first: torch.Tensor | None, mask: np.ndarray | None = None,
+                 noise: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
+        """``x``: validated numpy obs ``[N, ...]`` (or a dict of them); ``state``: ``[layers, N, H]`` arrays;
+        ``noise[N, k]`` for the stochastic graph."""
         leaves = [x[k[4:]] for k in self.obs_names] if isinstance(x, dict) else [x]
         feed = {name: leaf.astype(self.dtypes[name], copy=False) for name, leaf in zip(self.obs_names, leaves)}
         feed.update(zip(self.state_in, state))
@@ -192,5 +204,7 @@ class _OnnxStep:
                                 else is_first.cpu().numpy().astype(np.float32))
         if mask is not None:
             feed["action_mask"] = mask.astype(np.float32)
+        if noise is not None:
+            feed["noise"] = noise
         action, *new_state = self.session.run(self.outputs, feed)
         return action, tuple(new_state)

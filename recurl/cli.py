@@ -91,13 +91,14 @@ def cmd_train(argv: list[str]) -> int:
     )
     if env_kwargs:
         cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
-    run_dir = Path(known.run_dir) if known.run_dir else default_run_dir(cfg.env, algo, cfg.seed)
+    source = cfg.env or Path(getattr(cfg, "dataset", "") or "dataset").name  # a Melee run learns from replays alone
+    run_dir = Path(known.run_dir) if known.run_dir else default_run_dir(source, algo, cfg.seed)
     _check_writable(run_dir, "--run-dir", want_dir=True)
     held = [name for name in RUN_MARKERS if (run_dir / name).exists()]
     if held and not known.overwrite:
         raise RecurlError(f"--run-dir {run_dir} already holds a run ({', '.join(held)}): continue it with "
                           f"--resume {run_dir}, replace it with --overwrite, or pick another --run-dir")
-    print(f"training {algo} on {cfg.env} with core {cfg.policy.core} -> {run_dir}", file=sys.stderr)
+    print(f"training {algo} on {source} with core {cfg.policy.core} -> {run_dir}", file=sys.stderr)
     t0 = time.perf_counter()
     model = algo_cls(config=cfg)
     if held:  # removed only now, once the config and the env have been built without error
@@ -200,9 +201,15 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--dataset", default=None,
+                   help="a Melee run (no env): score it on this prepared dataset's unseen games (default: its own)")
     a = p.parse_args(argv)
     check_value("episodes", a.episodes, AT_LEAST_1)
-    _run_meta(a.run_dir)
+    if _run_meta(a.run_dir)["algo"] == "melee":  # learned from replays alone: scored on unseen games
+        from recurl.melee.cli import melee_main
+
+        return melee_main(["eval", a.run_dir, *(["--dataset", a.dataset] if a.dataset else []),
+                           *(["--json"] if a.json else [])])
     model = load_model(a.run_dir)
     r = evaluate_policy(model, n_episodes=a.episodes, deterministic=not a.stochastic, seed=a.seed)
     out = {k: v for k, v in r.items() if not isinstance(v, list)}
@@ -310,12 +317,14 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("run_dir")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX file")
     p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--stochastic", action="store_true",
+                   help="the graph samples its action from a noise input (policies; docs/deployment.md)")
     a = p.parse_args(argv)
     check_value("opset", a.opset, _opsets())
     _run_meta(a.run_dir)
     _check_writable(Path(a.onnx), "--onnx")
     try:
-        meta = export_onnx(a.run_dir, a.onnx, opset=a.opset)
+        meta = export_onnx(a.run_dir, a.onnx, opset=a.opset, stochastic=a.stochastic)
     except OSError as e:  # what the checks above cannot foresee: a read-only filesystem, a full disk
         raise RecurlError(f"cannot write --onnx {a.onnx}: {e.strerror or e}") from None
     print(f"wrote {a.onnx}\n  inputs:  " + ", ".join(d["name"] for d in meta["inputs"])

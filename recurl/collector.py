@@ -74,11 +74,15 @@ class ActionQueue:
     steps of each episode run :func:`default_action`. ``delay = 0`` passes actions straight through.
     """
 
-    def __init__(self, space: gym.Space, n_envs: int, delay: int) -> None:
+    def __init__(self, space: gym.Space, n_envs: int, delay: int, default: np.ndarray | None = None) -> None:
         if delay < 0:
             raise RecurlError(f"action delay must be >= 0, got {delay}")
         self.delay = delay
-        self._default = default_action(space) if delay else None
+        # ``default`` replaces the space's lowest action (e.g. a game controller at rest)
+        if delay:
+            self._default = default_action(space) if default is None else np.asarray(default, space.dtype)
+        else:
+            self._default = None
         self._queue = (np.broadcast_to(self._default, (delay, n_envs, *self._default.shape)).copy()
                        if delay else None)
 

@@ -10,7 +10,10 @@ actor (the critic is not needed to act), R2D2 its Q-network (greedy action):
   ``[B]`` (1.0 where the observation starts an episode: the graph zeroes that env's incoming state,
   exactly like the PyTorch core; a memoryless ``none`` core has neither state nor ``is_first``), and for a
   policy trained with action masks ``action_mask`` float32 ``[B, n]`` (1.0 where the action is valid);
-- outputs: ``action`` (argmax, or the Gaussian mean clipped to the action bounds), then ``logits``
+- with ``stochastic=True`` (``recurl export --stochastic``) a last input ``noise`` float32 ``[B, k]``, from
+  which the graph samples its action (see :func:`export_onnx`);
+- outputs: ``action`` (argmax, or the Gaussian mean clipped to the action bounds; a sample in a
+  stochastic graph), then ``logits``
   (Discrete, MultiDiscrete), ``mean`` and ``log_std`` (Box) or ``q`` (R2D2), then the new state
   (``<name>_out``).
 
@@ -42,6 +45,7 @@ from torch import nn
 from recurl.checkpoint import space_to_json
 from recurl.collector import default_action
 from recurl.errors import RecurlError
+from recurl.nn.heads import noise_width
 from recurl.obs import _torch_dtype, mask_width
 from recurl.runs import load_model
 from recurl.version import __version__
@@ -69,7 +73,7 @@ class OnnxStep(nn.Module):
     """
 
     def __init__(self, policy: nn.Module, observation_space: gym.Space, action_space: gym.Space,
-                 masked: bool = False) -> None:
+                 masked: bool = False, stochastic: bool = False) -> None:
         super().__init__()
         self.policy = policy
         self.keys = _leaf_keys(observation_space)
@@ -77,20 +81,22 @@ class OnnxStep(nn.Module):
         self.masked = masked
         self.mask_width = mask_width(action_space) if masked else 0
         self.box = isinstance(action_space, gym.spaces.Box)
+        # a stochastic graph samples from noise it is given: U(0, 1) (discrete) or N(0, 1) (Box) per value
+        self.noise_width = noise_width(action_space) if stochastic else 0
         if self.box:
             self.register_buffer("low", torch.as_tensor(np.asarray(action_space.low, np.float32).reshape(-1)))
             self.register_buffer("high", torch.as_tensor(np.asarray(action_space.high, np.float32).reshape(-1)))
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         dist, new_state = self.policy.act(*_split(self, list(inputs)))
-        action = dist.mode()
+        action = dist.sample_with(inputs[-1]) if self.noise_width else dist.mode()
         if self.box:
             action = torch.minimum(torch.maximum(action, self.low), self.high)
         return (action, *dist.outputs().values(), *new_state)
 
 
 def _example_inputs(policy: nn.Module, observation_space: gym.Space, batch: int, seed: int = 0,
-                    mask_width: int = 0) -> list[torch.Tensor]:
+                    mask_width: int = 0, noise: tuple[int, bool] = (0, False)) -> list[torch.Tensor]:
     """Random valid inputs for a batch: observations from the space, random state, mixed ``is_first``."""
     gen = torch.Generator().manual_seed(seed)
     spaces = observation_space.spaces if isinstance(observation_space, gym.spaces.Dict) else {None: observation_space}
@@ -109,7 +115,9 @@ def _example_inputs(policy: nn.Module, observation_space: gym.Space, batch: int,
         m = (torch.rand(batch, mask_width, generator=gen) < 0.6).float()
         m[:, 0] = 1.0
         masks = [m]
-    return [*leaves, *state, *is_first, *masks]
+    width, box = noise
+    noises = [(torch.randn if box else torch.rand)(batch, width, generator=gen)] if width else []
+    return [*leaves, *state, *is_first, *masks, *noises]
 
 
 def _describe(name: str, t: torch.Tensor) -> dict[str, Any]:
@@ -120,7 +128,7 @@ def interface(model: Any, step: OnnxStep) -> dict[str, Any]:
     """The exported graph's interface as JSON (stored in ``metadata_props["recurl"]``); shapes use ``"B"``
     for the dynamic batch axis. Output names and shapes come from running ``step`` once."""
     policy, obs_space, act_space = step.policy, model.observation_space, model.action_space
-    example = _example_inputs(policy, obs_space, batch=2, mask_width=step.mask_width)
+    example = _example_inputs(policy, obs_space, batch=2, mask_width=step.mask_width, noise=_noise(step))
     with torch.no_grad():
         dist, state = policy.act(*_split(step, example))
     names = list(policy.act_state_names)
@@ -143,12 +151,17 @@ def interface(model: Any, step: OnnxStep) -> dict[str, Any]:
         "inputs": [*(_describe(n, t) for n, t in zip(obs_input_names(obs_space), example[:n_obs])),
                    *({"name": f"{n}_in", "shape": state_shape, "dtype": "float32"} for n in names),
                    *([{"name": "is_first", "shape": ["B"], "dtype": "float32"}] if names else []),
-                   *([_describe("action_mask", example[-1])] if step.masked else [])],
+                   *([{"name": "action_mask", "shape": ["B", step.mask_width], "dtype": "float32"}]
+                     if step.masked else []),
+                   *([{"name": "noise", "shape": ["B", step.noise_width], "dtype": "float32"}]
+                     if step.noise_width else [])],
         "outputs": [_describe("action", step(*example)[0]), *(_describe(k, v) for k, v in dist.outputs().items()),
                     *({"name": f"{n}_out", "shape": state_shape, "dtype": "float32"} for n in names)],
         "state_inputs": [f"{n}_in" for n in names],
         "state_outputs": [f"{n}_out" for n in names],
         "state_shape": state_shape,
+        # how a runtime drives a stochastic graph: fresh noise of this law and width every step
+        "noise": {"law": "normal" if step.box else "uniform", "width": step.noise_width} if step.noise_width else None,
     }
 
 
@@ -159,12 +172,24 @@ def _split(step: OnnxStep, inputs: list[torch.Tensor]) -> tuple[Any, tuple, torc
     leaves, state = inputs[:n_obs], tuple(inputs[n_obs : n_obs + step.n_state])
     obs = leaves[0] if step.keys == [None] else dict(zip(step.keys, leaves))
     is_first = inputs[n_obs + step.n_state] > 0.5 if step.n_state else None
-    return obs, state, is_first, (inputs[-1] > 0.5 if step.masked else None)
+    mask = inputs[n_obs + step.n_state + bool(step.n_state)] > 0.5 if step.masked else None
+    return obs, state, is_first, mask
 
 
-def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool = True) -> dict[str, Any]:
+def _noise(step: OnnxStep) -> tuple[int, bool]:
+    return step.noise_width, step.box
+
+
+def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool = True,
+                stochastic: bool = False) -> dict[str, Any]:
     """Write the acting step of ``model`` (a run directory, or a loaded/trained model of any algorithm)
     to the ONNX file ``path``; returns the interface stored in its metadata (see :func:`interface`).
+
+    ``stochastic``: the graph samples its action instead of taking the mode, from a ``noise`` input
+    ``[B, k]`` the runtime draws every step (``U(0, 1)`` per component of a discrete action: inverse CDF,
+    the autoregressive head's conditionals in turn; ``N(0, 1)`` per dimension of a Box, before clipping).
+    Policies only (PPO, BC, Melee imitation); the same noise gives the same action as
+    ``dist.sample_with(noise)`` in PyTorch.
 
     With ``verify`` the file is checked by ``onnx.checker`` and, when onnxruntime is installed, run on a
     random batch and compared with the same step run in PyTorch (over 1e-4 apart raises :class:`RecurlError`).
@@ -176,12 +201,21 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool =
     if isinstance(model, str | Path):
         model = load_model(model, device="cpu")
     policy = copy.deepcopy(model.policy).cpu().eval().requires_grad_(False)
-    step = OnnxStep(policy, model.observation_space, model.action_space, bool(getattr(model, "masked", False))).eval()
+    step = OnnxStep(policy, model.observation_space, model.action_space, bool(getattr(model, "masked", False)),
+                    stochastic).eval()
+    if stochastic:
+        with torch.no_grad():
+            dist, _ = policy.act(*_split(step, _example_inputs(policy, model.observation_space, 1,
+                                                               mask_width=step.mask_width, noise=_noise(step))))
+        if not hasattr(dist, "sample_with"):
+            raise RecurlError(f"a stochastic graph samples a policy's distribution; the {model.algo} model's acting "
+                              "step has none (export it without --stochastic)")
     meta = interface(model, step)
     in_names = [d["name"] for d in meta["inputs"]]
     out_names = [d["name"] for d in meta["outputs"]]
     dyn = {d["name"]: {d["shape"].index("B"): "B"} for d in [*meta["inputs"], *meta["outputs"]]}
-    example = _example_inputs(policy, model.observation_space, batch=2, mask_width=step.mask_width)  # 2: no 1-axis
+    example = _example_inputs(policy, model.observation_space, batch=2, mask_width=step.mask_width,
+                              noise=_noise(step))  # 2: no 1-axis
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and RNN batch-size notes
@@ -206,7 +240,7 @@ def _verify_runtime(data: bytes, step: OnnxStep, obs_space: gym.Space, in_names:
         import onnxruntime as ort
     except ImportError:
         return
-    inputs = _example_inputs(step.policy, obs_space, batch=3, seed=1, mask_width=step.mask_width)
+    inputs = _example_inputs(step.policy, obs_space, batch=3, seed=1, mask_width=step.mask_width, noise=_noise(step))
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = sess.run(None, {n: t.numpy() for n, t in zip(in_names, inputs)})
     with torch.no_grad():

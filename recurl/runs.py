@@ -14,7 +14,6 @@ from typing import Any
 from recurl.algos import Algorithm, algo_classes
 from recurl.checkpoint import CONFIG_FILE, read_json, write_json
 from recurl.errors import RecurlError
-from recurl.evaluation import evaluate_policy
 
 
 def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
@@ -34,13 +33,12 @@ def load_model(run_dir: str | Path, device: str = "auto") -> Algorithm:
 
 def finish_run(model: Any, run_dir: str | Path, wall_time: float, episodes: int, seed: int = 10_000) -> dict:
     """Evaluate a trained model deterministically and write ``summary.json``; returns the summary."""
-    result = evaluate_policy(model, n_episodes=episodes, seed=seed)
     summary = {
         "env": model.config.env,
         "core": model.config.policy.core,
         "env_steps": model.num_timesteps,
         "wall_time_s": round(wall_time, 2),
-        **{k: v for k, v in result.items() if not isinstance(v, list)},
+        **model.summarize(episodes, seed),
     }
     rec = getattr(model, "eval_record", None)
     if rec and rec["evaluations"]:  # --eval-every: the periodic evaluations, their time kept apart

@@ -256,8 +256,41 @@ def test_onnx_backend_agent_acts_like_the_torch_agent(env_id: str, policy: dict)
         first = rng.random(3) < 0.2
         np.testing.assert_allclose(torch_agent.act(obs, is_first=first), onnx_agent.act(obs, is_first=first),
                                    atol=1e-5)
-    with pytest.raises(RecurlError, match="deterministically"):
-        Agent(model, deterministic=False, backend="onnx")
+
+
+@pytest.mark.parametrize("env_id,policy", [("recurl/TMaze-v0", {"core": "lstm"}), ("Pendulum-v1", {"core": "gru"})])
+def test_stochastic_graph_samples_like_the_policy(tmp_path: Path, env_id: str, policy: dict) -> None:
+    """`export --stochastic`: the graph's action is the policy's sample for the noise it is given (checked by
+    the export against PyTorch), sampled actions follow the policy's probabilities, and the onnx Agent
+    samples reproducibly from its seed."""
+    model = RecurrentPPO(env_id, policy=policy, device="cpu")
+    meta = export_onnx(model, tmp_path / "s.onnx", stochastic=True)
+    box = env_id == "Pendulum-v1"
+    assert meta["noise"] == {"law": "normal" if box else "uniform", "width": 1}
+    assert meta["inputs"][-1]["name"] == "noise"
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    n = 4000
+    obs = np.tile(np.random.default_rng(0).random((1, *model.observation_space.shape)).astype(np.float32), (n, 1))
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal if box else rng.random)((n, 1), dtype=np.float32)
+    feed = {"obs": obs, "noise": noise, "is_first": np.ones(n, np.float32),
+            **{name: np.zeros((1, n, 64), np.float32) for name in meta["state_inputs"]}}
+    action = sess.run(["action"], feed)[0]
+    with torch.inference_mode():
+        dist, _ = model.policy.act(torch.as_tensor(obs[:1]), model.policy.initial_act_state(1), None)
+    if box:
+        assert abs(action.mean() - float(dist.params)) < 0.1 and abs(action.std() - float(dist.log_std.exp())) < 0.1
+    else:
+        freq = np.bincount(action, minlength=3) / n
+        np.testing.assert_allclose(freq, dist.logits.exp()[0].numpy(), atol=0.03)
+    a1, a2 = (Agent(model, deterministic=False, backend="onnx", seed=7) for _ in range(2))
+    a1.reset(2)
+    a2.reset(2)
+    for _ in range(5):
+        np.testing.assert_array_equal(a1.act(obs[:2]), a2.act(obs[:2]))
+    a1.deterministic = True
+    with pytest.raises(RecurlError, match="chosen when the Agent was made"):
+        a1.act(obs[:2])
 
 
 @pytest.mark.parametrize("hard_sigmoid", [False, True])
@@ -271,6 +304,7 @@ def test_r2d2_exports_and_deploys_greedy(tmp_path: Path, hard_sigmoid: bool) -> 
                  policy=QNetworkConfig(core="lstm", hidden_size=16, hard_sigmoid=hard_sigmoid))
     model.save(tmp_path / "run")
     assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "q.onnx")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "s.onnx"), "--stochastic"]) == 1
     sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
     meta = json.loads(sess.get_modelmeta().custom_metadata_map["recurl"])
     assert meta["algo"] == "r2d2" and [d["name"] for d in meta["outputs"]] == ["action", "q", "h_out", "c_out"]

@@ -1,9 +1,10 @@
 """One contract for every algorithm (SB3's habit of looping its API tests over all algorithms): the same
 constructor, learn that continues, callbacks that stop, same-seed determinism, save/load, predict, export
-and the Agent, for PPO, R2D2, BC and SAC."""
+and the Agent, for PPO, R2D2, BC and SAC; Melee imitation (no env) takes the learning half."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,8 +38,13 @@ class _Cue:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     env = gym.make(TMAZE, length=3)
-    return str(write_dataset(tmp_path_factory.mktemp("d") / "cue-v0", collect_episodes(env, _Cue(), 20), TMAZE,
-                             {"length": 3}))
+    root = tmp_path_factory.mktemp("d")
+    replays = Path(__file__).resolve().parents[2] / "shared" / "data" / "slp"
+    if importlib.util.find_spec("peppi_py") and replays.is_dir():  # beside it, the Melee one
+        from recurl.melee.prepare import prepare
+
+        prepare(replays, root / "melee", ruleset="any", progress=False)
+    return str(write_dataset(root / "cue-v0", collect_episodes(env, _Cue(), 20), TMAZE, {"length": 3}))
 
 
 def _ppo(_: str) -> Algorithm:
@@ -61,8 +67,19 @@ def _sac(_: str) -> Algorithm:  # continuous actions: the angle-only pendulum
                         seed=0)
 
 
+def _melee(data: str) -> Algorithm:  # learns from replays alone: no env (tests/test_melee.py checks the rest)
+    if not (Path(data).parent / "melee" / "manifest.json").is_file():
+        pytest.skip("peppi-py or the shared replays are not available")
+    from recurl.algos.melee import MeleeImitation
+
+    policy = {"hidden_size": 16, "encoder_hidden": (16,), "embed_dim": 4, "autoregressive_hidden": 8}
+    return MeleeImitation(dataset=str(Path(data).parent / "melee"), character="MARTH", chunk_len=32, batch_size=16,
+                          max_epochs=3, patience=5, device="cpu", seed=0, policy=policy)
+
+
 MAKERS: dict[str, tuple[Callable[[str], Algorithm], int]] = {"ppo": (_ppo, 32), "r2d2": (_r2d2, 48), "bc": (_bc, 6),
-                                                             "sac": (_sac, 32)}
+                                                             "sac": (_sac, 32), "melee": (_melee, 6)}
+ENV_ALGOS = [a for a in MAKERS if a != "melee"]  # the ones that act in an env
 
 
 def _weights(model: Algorithm) -> dict[str, torch.Tensor]:
@@ -88,7 +105,7 @@ def test_callback_stops_training(algo: str, dataset: str) -> None:
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("algo", MAKERS)
+@pytest.mark.parametrize("algo", ENV_ALGOS)
 def test_save_load_predict_export_agent(algo: str, dataset: str, tmp_path: Path) -> None:
     make, steps = MAKERS[algo]
     model = make(dataset).learn(steps, progress_bar=False)

@@ -150,8 +150,18 @@ CLI_ROWS = [(["train", *argv, *([] if "--resume" in argv or "--run-dir" in argv 
     (["diagnose", "--env", "TMaze-v0", "--preset", "nope"], 1, "unknown preset"),
     (["demo", "--length", "0"], 1, "--length must be >= 1"),
     # melee
-    (["melee", "train", "--data", "{empty_dir}", "--out", "{new}", "--steps", "-1"], 1, "--steps must be >= 1"),
-    (["melee", "train", "--data", "{empty_dir}", "--out", "{new}", "--seq-len", "0"], 1, "--seq-len must be >= 1"),
+    (["melee", "train", "--dataset", "{empty_dir}", "--run-dir", "{new}", "--max-epochs", "-1"], 1,
+     "--max-epochs must be >= 1"),
+    (["melee", "train", "--dataset", "{empty_dir}", "--run-dir", "{new}", "--chunk-len", "0"], 1,
+     "--chunk-len must be >= 1"),
+    (["melee", "train", "--dataset", "{empty_dir}", "--run-dir", "{new}", "--action-delay", "0"], 1,
+     "--action-delay must be >= 1"),
+    (["melee", "train", "--dataset", "{empty_dir}", "--run-dir", "{new}", "--character", "NOBODY"], 1,
+     "unknown character"),
+    (["melee", "train", "--dataset", "{empty_dir}", "--run-dir", "{new}"], 1, "not a prepared Melee dataset"),
+    (["train", "--algo", "melee", "--dataset", "{empty_dir}", "--run-dir", "{new}", "--env", "CartPole-v1"], 1,
+     "has no env"),
+    (["melee", "eval", "{run}"], 1, "holds a 'ppo' model"),
     (["frobnicate"], 2, "unknown command"),
 ]
 

@@ -78,7 +78,7 @@ def test_delay_pairs_observation_t_with_action_t_plus_d(delay: int) -> None:
     obs, target = delayed_pairs(ep, delay)
     assert len(obs) == len(target) == T - delay
     np.testing.assert_array_equal(target, (obs[:, 0] + delay) * 10)  # target[t] = actions[t + D]
-    stream = build_stream([(obs, target)], [0], 1, 4, ObsConverter(gym.spaces.Box(0, 99, (1,))), torch.long)
+    stream = build_stream([(obs, target)], [0], 1, 4, ObsConverter(gym.spaces.Box(0, 99, (1,))), torch.long).full()
     m = stream.mask[:, 0]
     assert torch.equal(stream.actions[m, 0], (stream.obs[m, 0, 0].long() + delay) * 10)
 
@@ -111,7 +111,12 @@ def test_streamer_carries_state_within_episodes_and_resets_between_them() -> Non
     torch.manual_seed(0)
     policy = RecurrentPolicy(space, gym.spaces.Discrete(3), PolicyConfig(core="gru", hidden_size=8,
                                                                           normalize_obs=False))
-    stream = build_stream(pairs, rng.permutation(len(pairs)), 2, 3, ObsConverter(space), torch.long)
+    lazy = build_stream(pairs, rng.permutation(len(pairs)), 2, 3, ObsConverter(space), torch.long)
+    stream = lazy.full()
+    for t0, t1 in ((0, 3), (2, 7), (5, 6), (9, lazy.length)):  # any window of the lazy stream = the slice
+        w, ref = lazy.window(t0, t1), stream.window(t0, t1)
+        for a, b in ((w.obs, ref.obs), (w.actions, ref.actions), (w.is_first, ref.is_first), (w.mask, ref.mask)):
+            assert torch.equal(a, b)
     # Episodes change inside chunks (the chunk length does not divide the lengths), rows carry several episodes.
     assert stream.is_first[1:].any() and int(stream.is_first.sum()) >= len(episodes)
     seen = set()
@@ -134,7 +139,7 @@ def test_no_gradient_crosses_an_episode_boundary_inside_a_chunk() -> None:
     space = gym.spaces.Box(-100, 100, (3,), np.float32)
     policy = RecurrentPolicy(space, gym.spaces.Discrete(3), PolicyConfig(core="lstm", hidden_size=8,
                                                                           normalize_obs=False))
-    stream = build_stream(pairs, [0, 1], 1, 7, ObsConverter(space), torch.long)
+    stream = build_stream(pairs, [0, 1], 1, 7, ObsConverter(space), torch.long).full()
     obs = stream.obs.clone().requires_grad_(True)
     dist, _, _ = policy.unroll(obs, policy.initial_state(1), stream.is_first)
     (g_second,) = torch.autograd.grad(dist.logits[3:].sum(), obs, retain_graph=True)

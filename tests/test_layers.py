@@ -24,7 +24,8 @@ LAYERS: dict[str, int] = {
     "recurl.collector": 2, "recurl.evaluation": 2,
     "recurl.algos": 3,
     "recurl": 4, "recurl.runs": 4, "recurl.export": 4, "recurl.agent": 4, "recurl.record": 4, "recurl.play": 4,
-    "recurl.enjoy": 4, "recurl.diagnose": 4, "recurl.presets": 4, "recurl.cli": 4, "recurl.melee": 4,
+    "recurl.enjoy": 4, "recurl.diagnose": 4, "recurl.presets": 4, "recurl.cli": 4,
+    "recurl.melee": 1, "recurl.melee.cli": 4, "recurl.melee.evaluate": 4,
     "recurl.integrations": 4,
 }
 #: L1 packages and the L1 packages they must not import (``data`` may import both of the others)

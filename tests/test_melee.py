@@ -12,19 +12,12 @@ import torch
 
 pytest.importorskip("peppi_py")
 
+from recurl.algos.melee import MeleeImitation, baseline_conditionals, evaluate  # noqa: E402
+from recurl.melee import dataset as D  # noqa: E402
 from recurl.melee import features as F  # noqa: E402
 from recurl.melee.cli import melee_main  # noqa: E402
-from recurl.melee.model import MeleeModel  # noqa: E402
+from recurl.melee.evaluate import evaluate_run  # noqa: E402
 from recurl.melee.prepare import dedupe_frames, prepare  # noqa: E402
-from recurl.melee.train import (  # noqa: E402
-    ChunkStreamer,
-    Sequence,
-    evaluate,
-    load_checkpoint,
-    make_sequence,
-    to_torch,
-    train,
-)
 
 SLP = Path(__file__).resolve().parents[2] / "shared" / "data" / "slp"
 if not SLP.is_dir():
@@ -135,14 +128,17 @@ def test_stick_encoding_and_mirror_consistency() -> None:
 
 def test_mirror_is_an_involution(data_dir: Path, manifest: dict) -> None:
     with np.load(data_dir / _games(manifest)["peppi_v3.16.slp"]["npz"]) as z:
-        seq = make_sequence(dict(z), 0, 1, 3)
-    once = F.mirror(seq)
-    assert not np.array_equal(once["floats"], seq["floats"]) and not np.array_equal(once["main"], seq["main"])
+        pair = D.perspective_pair(dict(z), 0, 3)
+    once = D.mirror_pair(pair)
+    assert not np.array_equal(once[0]["floats"], pair[0]["floats"]) and not np.array_equal(once[1], pair[1])
     x_col = F.FLOAT_NAMES.index("x")
-    assert np.array_equal(once["floats"][:, x_col], -seq["floats"][:, x_col])
-    twice = F.mirror(once)
-    for k in seq:
-        assert np.array_equal(twice[k], seq[k]), k
+    for block in F.FLOAT_BLOCKS:  # every player block, Nana's included
+        assert np.array_equal(once[0]["floats"][:, block + x_col], -pair[0]["floats"][:, block + x_col])
+    assert np.array_equal(once[1][:, D.MAIN], F.mirror_main(pair[1][:, D.MAIN]))
+    twice = D.mirror_pair(once)
+    for k in pair[0]:
+        assert np.array_equal(twice[0][k], pair[0][k]), k
+    assert np.array_equal(twice[1], pair[1])
 
 
 # -- delay ---------------------------------------------------------------------------------------------
@@ -160,104 +156,158 @@ def test_delay_shift_is_exact(delay: int) -> None:
                        f"p{i}_main": (frame + 100 + 7 * i).astype(np.int16),
                        f"p{i}_cstick": (frame % 5).astype(np.uint8),
                        f"p{i}_shoulder": (frame % 4).astype(np.uint8)})
-    seq = make_sequence(arrays, 1, 0, delay)
+    obs, target = D.perspective_pair(arrays, 1, delay)
     m = n - delay
-    assert len(seq["main"]) == m
-    assert (seq["target_frame"] - seq["frame"] == delay).all()
-    obs_frame = seq["floats"][:, 0] - 1000  # self = player 1
-    assert (obs_frame == frame[:m]).all() and (seq["floats"][:, F.NUM_FLOATS] == frame[:m]).all()
-    assert (seq["main"] == frame[delay:] + 107).all()  # target: self's controller of frame t
-    assert (seq["prev_main"] == frame[delay - 1:-1] + 107).all()  # input: self's controller of t - 1
-    assert (seq["action"][:, 0] == frame[:m] % 300 + 1).all()
-    assert (seq["action"][:, 1] == frame[:m] % 300).all()
-    with pytest.raises(ValueError):
-        make_sequence(arrays, 0, 1, 0)
+    assert len(target) == m and all(len(v) == m for v in obs.values())
+    assert obs["floats"].shape == (m, F.OBS_FLOATS) and target.shape == (m, len(D.CONTROLLER_NVEC))
+    assert (obs["floats"][:, 0] - 1000 == frame[:m]).all()  # self = player 1 sees frame t
+    assert (obs["floats"][:, F.NUM_FLOATS] == frame[:m]).all()  # then the opponent's block
+    assert (target[:, D.MAIN] == frame[delay:] + 107).all()  # target: self's controller of frame t + D
+    assert (obs["prev_controller"][:, D.MAIN] == frame[delay - 1:-1] + 107).all()  # input: of t + D - 1
+    assert (target[:, 0] == frame[delay:] % 2).all() and (target[:, D.SHOULDER] == frame[delay:] % 4).all()
+    assert (obs["action"][:, 0] == frame[:m] % 300 + 1).all() and (obs["action"][:, 1] == frame[:m] % 300).all()
+    for key, space in D.OBSERVATION_SPACE.spaces.items():
+        if key == "floats":  # carries frame numbers here, beyond the real features' range
+            continue
+        assert all(space.contains(np.asarray(obs[key][t], space.dtype)) for t in range(m)), key
+    with pytest.raises(D.MeleeDataError):
+        D.perspective_pair(arrays, 0, 0)
 
 
-# -- streaming and state -------------------------------------------------------------------------------
-def _toy_sequences(lengths: list[int]) -> list[Sequence]:
-    rng = np.random.default_rng(0)
-    out = []
-    for g, n in enumerate(lengths):
-        data = {"action": rng.integers(0, F.NUM_ACTIONS, (n, 2)), "character": rng.integers(0, 5, (n, 2)),
-                "stage": np.full(n, 1), "floats": rng.normal(size=(n, F.OBS_FLOATS)).astype(np.float32),
-                "prev_buttons": rng.integers(0, 2, (n, 5)), "prev_main": rng.integers(0, F.NUM_MAIN, n),
-                "prev_cstick": rng.integers(0, 5, n), "prev_shoulder": rng.integers(0, 4, n),
-                "buttons": rng.integers(0, 2, (n, 5)), "main": rng.integers(0, F.NUM_MAIN, n),
-                "cstick": rng.integers(0, 5, n), "shoulder": rng.integers(0, 4, n),
-                "pos": np.arange(n)}
-        out.append(Sequence(f"g{g}", 0, "FOX", data))
-    return out
+def test_baselines_are_distributions() -> None:
+    stats = {"majority": [[0.5, 0.5]] * 5 + [list(np.full(k, 1 / k)) for k in D.CONTROLLER_NVEC[5:]],
+             "change": [0.1] * len(D.CONTROLLER_NVEC)}
+    prev = torch.as_tensor(np.array([[1, 0, 0, 1, 0, 144, 3, 2]]))
+    for kind in ("majority", "repeat"):
+        for c, lp in enumerate(baseline_conditionals(stats, kind, prev)):
+            assert torch.allclose(lp.exp().sum(-1), torch.ones(1)), (kind, c)
+    rep = baseline_conditionals(stats, "repeat", prev)
+    assert all(int(lp.argmax(-1)) == int(prev[0, c]) for c, lp in enumerate(rep))
 
 
-def test_streamer_streams_consecutive_chunks_and_marks_game_starts() -> None:
-    seqs = _toy_sequences([23, 50, 9])
-    streamer = ChunkStreamer(seqs, batch=3, seq_len=8, seed=1, mirror_p=0.0)
-    chunks = [streamer.next() for _ in range(12)]
-    pos = np.concatenate([c["pos"] for c in chunks])  # [T_total, B]
-    sid = np.concatenate([c["seq_id"] for c in chunks])
-    first = np.concatenate([c["is_first"] for c in chunks])
-    assert (first == (pos == 0)).all()
-    cont = ~first[1:]
-    assert (pos[1:][cont] == pos[:-1][cont] + 1).all() and (sid[1:][cont] == sid[:-1][cont]).all()
-    assert first[1:].any()  # rows did move to new games inside chunks
+# -- the split and the run -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("melee_run") / "run"
+    policy = ["--hidden-size", "32", "--encoder-hidden", "32", "--embed-dim", "8", "--autoregressive-hidden", "16"]
+    code = melee_main(["train", "--dataset", str(data_dir), "--character", "FOX", "--run-dir", str(run),
+                       "--action-delay", "6", "--chunk-len", "32", "--batch-size", "16", "--max-epochs", "2",
+                       "--quiet", *policy])
+    assert code == 0
+    return run
 
 
-@pytest.mark.parametrize("core", ["lstm", "gru"])
-def test_carried_state_equals_full_unroll_and_resets_across_games(core: str) -> None:
-    torch.manual_seed(0)
-    model = MeleeModel(core=core, hidden=16, head_hidden=8)
-    seqs = _toy_sequences([30, 30])
-    full = {k: v[:24, None].repeat(2, axis=1) for k, v in seqs[0].data.items() if k != "pos"}
-    full["is_first"] = np.zeros((24, 2), bool)
-    full["is_first"][0] = True
-    full["is_first"][10, 1] = True  # row 1 starts a new game at step 10
-    batch = to_torch(full)
-    with torch.no_grad():
-        ref, _ = model(batch, model.initial_state(2))
-        state = model.initial_state(2)
-        parts = []
-        for a, b in ((0, 8), (8, 16), (16, 24)):  # TBPTT chunks carrying the state
-            chunk = {k: v[a:b] for k, v in batch.items()}
-            out, state = model(chunk, state)
-            parts.append(out["main"])
-        assert torch.allclose(torch.cat(parts), ref["main"], atol=1e-5)
-        noisy = tuple(torch.randn_like(s) * 3 for s in model.initial_state(2))
-        late = {k: v[10:] for k, v in batch.items()}
-        late["is_first"] = late["is_first"].clone()
-        a, _ = model(late, noisy)
-        b, _ = model(late, model.initial_state(2))
-        assert torch.allclose(a["main"][:, 1], b["main"][:, 1], atol=1e-6)  # reset: old state is gone
-        assert not torch.allclose(a["main"][:, 0], b["main"][:, 0], atol=1e-3)  # no reset: state matters
+def test_split_is_by_content_never_by_name(data_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "replays"
+    src.mkdir()
+    for name in FRAMES:
+        shutil.copy(SLP / name, src / name)
+    shutil.copy(SLP / "peppi_game.slp", src / "copy_of_game.slp")  # the same game under another name
+    prepare(src, tmp_path / "data", ruleset="any", progress=False)
+    persp = D.perspectives(tmp_path / "data")
+    sha = {p.game: p.sha256 for p in persp}
+    assert sha["copy_of_game.slp"] == sha["peppi_game.slp"]
+    from recurl.algos.melee import MeleeConfig, make_split
+
+    for seed in range(6):
+        split = make_split(MeleeConfig(dataset=str(tmp_path / "data"), character="ALL", seed=seed))
+        sets = [set(split[k]) for k in ("train", "val", "test")]
+        assert sets[0] and sets[1] and sets[2]
+        assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+        assert set().union(*sets) == set(sha.values())
 
 
-# -- end to end ----------------------------------------------------------------------------------------
-def test_prepare_train_eval_end_to_end(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    run = tmp_path / "run"
-    config = train(data_dir, run, character="FOX", delay=6, seq_len=16, batch=4, steps=15, hidden=32,
-                   progress=False)
-    assert config["character"] == "MARTH" and "fell back" in config["character_note"]  # FOX: 2 games only
-    assert set(config["train_games"]).isdisjoint(config["heldout_games"]) and config["heldout_games"]
-    assert (run / "model.safetensors").is_file() and (run / "memoryless" / "config.json").is_file()
-    model, cfg = load_checkpoint(run)
-    assert cfg["model"]["core"] == "lstm" and cfg["delay"] == 6
-    report = evaluate(run, data_dir)
+def test_prepare_train_eval_end_to_end(tiny_run: Path, data_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    meta = json.loads((tiny_run / "config.json").read_text())
+    split = meta["melee"]
+    assert meta["algo"] == "melee" and split["character"] == "MARTH" and "fell back" in split["character_note"]
+    assert (tiny_run / "memoryless" / "summary.json").is_file()
+    assert json.loads((tiny_run / "memoryless" / "config.json").read_text())["config"]["policy"]["core"] == "none"
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["test_frames"] > 0 and np.isfinite(summary["model/nll/total"])
+    report = evaluate_run(tiny_run)
     assert set(report["rows"]) == {"recurrent (lstm)", "memoryless (none)", "majority", "repeat-previous"}
+    test_games = {split["names"][h] for h in split["test"]}
+    assert {g["game"] for g in report["games"]} == test_games  # its own dataset: the test games
     for row in report["rows"].values():
         assert np.isfinite(row["nll/total"]) and 0 <= row["acc/main"] <= 1
-    assert melee_main(["eval", str(run), "--data", str(data_dir), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["heldout_games"] == config["heldout_games"]
-    (run / "model.safetensors").write_bytes(b"garbage")
-    assert melee_main(["eval", str(run), "--data", str(data_dir)]) == 1
-    assert "corrupt" in capsys.readouterr().err
+        assert row["nll/total"] == pytest.approx(sum(row[f"nll/{g}"] for g in D.GROUPS))
+    assert melee_main(["eval", str(tiny_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == report["frames"]
+    from recurl.cli import main
+
+    assert main(["eval", str(tiny_run), "--json"]) == 0  # `recurl eval` takes a Melee run too
+    assert json.loads(capsys.readouterr().out)["rows"].keys() == report["rows"].keys()
+    # a dataset of only trained-on games has nothing to score
+    only_train = tmp_path / "replays"
+    only_train.mkdir()
+    shutil.copy(SLP / "peppi_game.slp", only_train / "renamed.slp")
+    prepare(only_train, tmp_path / "seen", ruleset="any", progress=False)
+    if D.perspectives(tmp_path / "seen")[0].sha256 in split["train"]:
+        assert melee_main(["eval", str(tiny_run), "--dataset", str(tmp_path / "seen")]) == 1
+        assert "has not trained" in capsys.readouterr().err
+
+
+def test_teacher_forced_scores_equal_the_policy_log_prob(tiny_run: Path, data_dir: Path) -> None:
+    """The report's NLL is the policy's own log-likelihood of the human's controller (one whole game)."""
+    model = MeleeImitation.load(tiny_run, device="cpu")
+    split = model.split
+    persp = [p for p in D.perspectives(data_dir) if p.sha256 in split["test"] and p.character == "MARTH"][:1]
+    pair = D.PerspectivePairs(data_dir, persp, model.config.action_delay)[0]
+    rep = evaluate({"m": model}, {**split, "test": [persp[0].sha256]}, str(data_dir))
+    game = [g for g in rep["games"] if g["game"] == persp[0].game and g["player"] == persp[0].player][0]
+    x = model.obs_conv.to_torch({k: v[:, None] for k, v in pair[0].items()}, torch.device("cpu"))
+    is_first = torch.zeros(len(pair[1]), 1, dtype=torch.bool)
+    is_first[0] = True
+    with torch.no_grad():
+        dist, _, _ = model.policy.unroll(x, model.policy.initial_state(1), is_first)
+        nll = -dist.log_prob(torch.as_tensor(pair[1][:, None])).mean()
+    assert game["m"] == pytest.approx(float(nll), rel=1e-5)
+
+
+def test_melee_run_exports_and_resumes(tiny_run: Path, tmp_path: Path) -> None:
+    from recurl.agent import Agent
+    from recurl.export import export_onnx
+
+    meta = export_onnx(tiny_run, tmp_path / "melee.onnx")  # verifies ONNX Runtime against torch
+    assert meta["action_delay"] == 6 and {i["name"] for i in meta["inputs"]} >= {"obs.prev_controller", "obs.floats"}
+    model = MeleeImitation.load(tiny_run, device="cpu")
+    with pytest.raises(Exception, match="no env"):
+        model.make_env(1)
+    obs = {k: np.asarray(sp.sample()) for k, sp in D.OBSERVATION_SPACE.spaces.items()}
+    torch_agent, onnx_agent = Agent(model), Agent(model, backend="onnx")
+    s1, s2 = torch_agent.initial_state(1), onnx_agent.initial_state(1)
+    for _ in range(5):
+        a1, s1 = torch_agent.act(obs, s1, np.array([False]))
+        a2, s2 = onnx_agent.act(obs, s2, np.array([False]))
+        assert np.array_equal(a1, a2) and D.ACTION_SPACE.contains(np.asarray(a1, np.int64))
+
+
+@pytest.mark.slow  # four short trainings (~10 s)
+def test_killed_melee_run_resumes_to_the_same_weights(data_dir: Path, tmp_path: Path) -> None:
+    """A run stopped after its first epoch's checkpoint and resumed ends with the weights of an unbroken run."""
+    kw = {"dataset": str(data_dir), "character": "MARTH", "action_delay": 6, "chunk_len": 32, "batch_size": 16,
+          "max_epochs": 2, "patience": 5, "device": "cpu",
+          "policy": {"hidden_size": 16, "encoder_hidden": (16,), "embed_dim": 4, "autoregressive_hidden": 8}}
+    whole = MeleeImitation(**kw).learn(run_dir=tmp_path / "whole", progress_bar=False)
+    MeleeImitation(**kw).learn(run_dir=tmp_path / "killed", progress_bar=False, callback=lambda m: False)
+    assert json.loads((tmp_path / "killed" / "config.json").read_text())["melee"]["baselines"]
+    resumed = MeleeImitation.resume(tmp_path / "killed", progress=False)
+    assert resumed.epoch == whole.epoch == 2
+    for k, v in whole.policy.state_dict().items():
+        assert torch.equal(v, resumed.policy.state_dict()[k]), k
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert melee_main(["prepare", str(tmp_path / "missing"), str(tmp_path / "o")]) == 1
     assert melee_main(["prepare", str(SLP), str(tmp_path / "o"), "--character", "PIKACHU", "--quiet"]) == 1
-    assert melee_main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 1
+    assert melee_main(["train", "--dataset", str(tmp_path / "none"), "--run-dir", str(tmp_path / "r")]) == 1
+    assert melee_main(["train", "--dataset", str(tmp_path), "--character", "NOBODY"]) == 1
+    assert melee_main(["eval", str(tmp_path / "no_run")]) == 1
     err = capsys.readouterr().err
-    assert "replay directory not found" in err and "no games left" in err and "no prepared dataset" in err
+    assert "replay directory not found" in err and "no games left" in err and "not a prepared Melee dataset" in err
+    assert "unknown character" in err and "run directory not found" in err
     assert "Traceback" not in err
 
 
@@ -287,18 +337,58 @@ def test_libmelee_features_equal_peppi(name: str, data_dir: Path, manifest: dict
                 assert np.array_equal(live, z[f"p{i}_{key}"]), (name, i, key)
 
 
-def test_agent_steps_on_replay_gamestates(tmp_path: Path) -> None:
+def _console(name: str):  # noqa: ANN202 (a libmelee Console)
     melee = pytest.importorskip("melee")
-    from recurl.integrations.melee import MeleeAgent
-
-    delay = 4
-    agent = MeleeAgent(MeleeModel(hidden=16, head_hidden=8), delay=delay, port=1, opponent_port=2)
-    console = melee.Console(is_dolphin=False, path=str(SLP / "peppi_v3.16.slp"), allow_old_version=True)
+    console = melee.Console(is_dolphin=False, path=str(SLP / name), allow_old_version=True,
+                            skip_rollback_frames=False)
     assert console.connect()
-    actions = []
-    for _ in range(30):
-        gs = console.step()
-        actions.append(agent.step(gs))
-    neutral = [a["main"][0] == F.MAIN_NEUTRAL and a["buttons"].sum() == 0 for a in actions[: delay - 1]]
-    assert all(neutral) and not agent.first
-    assert all(0 <= a["main"][0] < F.NUM_MAIN and a["shoulder"][0] < F.NUM_SHOULDER for a in actions)
+    return console
+
+
+def test_agent_observations_equal_the_dataset_and_backends_agree(tiny_run: Path, data_dir: Path,
+                                                                  manifest: dict) -> None:
+    """A real replay streamed through libmelee's file console into MeleeAgent: the agent sees exactly the
+    dataset's observation of each frame, presses neutral until its first decision is due, then the
+    decision made D - 1 frames earlier; the torch and ONNX backends press the same controllers."""
+    from recurl.integrations.melee import NEUTRAL, MeleeAgent
+
+    name = "peppi_v3.12.slp"  # MARTH vs MARTH, 124 frames, no rollback
+    agents = [MeleeAgent(tiny_run, port=p, opponent_port=3 - p, deterministic=True, backend=b)
+              for p, b in ((1, "torch"), (1, "onnx"))]
+    with np.load(data_dir / _games(manifest)[name]["npz"]) as z:
+        obs, _ = D.perspective_pair(dict(z), 0, 1)
+    console = _console(name)
+    pressed: list[list[np.ndarray]] = [[], []]
+    chosen: list[np.ndarray] = []
+    t = 0
+    while (gs := console.step()) is not None and t < len(obs["floats"]):
+        live = agents[0].observation(gs)
+        for key in ("action", "character", "stage", "floats"):
+            assert np.array_equal(live[key], obs[key][t]), (t, key)
+        for i, agent in enumerate(agents):
+            pressed[i].append(agent.step(gs))
+        chosen.append(agents[0].chosen)
+        t += 1
+    d = agents[0].delay
+    assert t > 3 * d
+    assert np.array_equal(np.stack(pressed[0]), np.stack(pressed[1]))  # torch == onnx
+    assert all(np.array_equal(a, NEUTRAL) for a in pressed[0][: d - 1])
+    assert all(np.array_equal(pressed[0][k], chosen[k - (d - 1)]) for k in range(d - 1, t))
+    sampler = MeleeAgent(tiny_run, port=1, opponent_port=2, backend="onnx", seed=0)  # the stochastic graph
+    console = _console(name)
+    presses = [sampler.step(console.step()) for _ in range(3 * d)]
+    assert all(D.ACTION_SPACE.contains(np.asarray(a, np.int64)) for a in presses)
+
+
+@pytest.mark.slow
+def test_latency_benchmark_runs() -> None:
+    """bench/bench_melee.py: prepare and training throughput, and the per-frame decision latency on both
+    backends (the numbers are the benchmark's to report, not this test's to judge)."""
+    pytest.importorskip("melee")
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_melee.py"
+    out = subprocess.run([sys.executable, str(bench), str(SLP), "--epochs", "1", "--frames", "300"],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    assert "frames/s" in out and out.count("p99") == 3, out

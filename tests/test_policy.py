@@ -22,6 +22,7 @@ ACTIONS = {
     "discrete": gym.spaces.Discrete(3),
     "multidiscrete": gym.spaces.MultiDiscrete([2, 5]),
     "box": gym.spaces.Box(-2, 2, (2,), np.float32),
+    "autoregressive": gym.spaces.MultiDiscrete([2, 5, 3]),  # with a residual core, too
 }
 
 
@@ -34,7 +35,9 @@ def test_every_space_steps_and_unrolls(obs_name: str, act_name: str) -> None:
     obs_space.seed(0)
     act_space.seed(0)
     torch.manual_seed(0)
-    pol = RecurrentPolicy(obs_space, act_space, PolicyConfig(core="gru", hidden_size=8, encoder_hidden=(8,)))
+    chain = act_name == "autoregressive"
+    pol = RecurrentPolicy(obs_space, act_space, PolicyConfig(core="gru", hidden_size=8, encoder_hidden=(8,),
+                                                             autoregressive=chain, residual=chain))
     conv = ObsConverter(obs_space)
     T, B = 5, 3
     rows = [gym.vector.utils.concatenate(obs_space, [obs_space.sample() for _ in range(B)],
@@ -53,8 +56,9 @@ def test_every_space_steps_and_unrolls(obs_name: str, act_name: str) -> None:
         d1, v1, s = pol.step(steps[t], s, is_first[t])
         d2, s_act = pol.act(steps[t], s_act, is_first[t])
         torch.testing.assert_close(v1, value[t], atol=1e-6, rtol=0)
-        torch.testing.assert_close(d1.params, dist.params[t], atol=1e-6, rtol=0)
-        torch.testing.assert_close(d2.params, d1.params, atol=1e-6, rtol=0)
+        torch.testing.assert_close(d1.log_prob(a[t]), dist.log_prob(a)[t], atol=1e-5, rtol=0)
+        torch.testing.assert_close(d2.log_prob(a[t]), d1.log_prob(a[t]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(d1.mode(), dist.mode()[t])
     for x, y in zip(s.actor + s.critic, state.actor + state.critic):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
 
@@ -83,3 +87,38 @@ def test_shared_core_has_one_core_and_half_the_state() -> None:
     assert (len(shared.initial_state(2).actor), len(shared.initial_state(2).critic)) == (2, 0)
     assert (len(separate.initial_state(2).actor), len(separate.initial_state(2).critic)) == (2, 2)
     assert len(shared.initial_act_state(2)) == len(separate.initial_act_state(2)) == 2
+
+
+def test_autoregressive_head_is_one_joint_distribution() -> None:
+    """The chain's log_prob is an exact joint distribution (sums to 1 over every action), sampling draws from
+    it, the mode is the greedy chain, masks give invalid components probability 0, KL(p || p) = 0."""
+    torch.manual_seed(0)
+    space = gym.spaces.MultiDiscrete([2, 3, 4])
+    pol = RecurrentPolicy(gym.spaces.Box(-1, 1, (3,), np.float32), space,
+                          PolicyConfig(core="none", hidden_size=8, encoder_hidden=(8,), autoregressive=True))
+    x = torch.randn(2, 3)
+    dist, _ = pol.act(x, pol.initial_act_state(2), None)
+    every = torch.tensor(np.stack(np.meshgrid(*[np.arange(n) for n in space.nvec], indexing="ij"), -1).reshape(-1, 3))
+    p = torch.stack([dist.log_prob(a.expand(2, 3)) for a in every]).exp()  # [24, 2]
+    torch.testing.assert_close(p.sum(0), torch.ones(2))
+    draws = torch.stack([dist.sample() for _ in range(2000)])  # [2000, 2, 3]
+    codes = (draws * torch.tensor([12, 4, 1])).sum(-1)
+    freq = torch.stack([(codes[:, b, None] == torch.arange(24)).float().mean(0) for b in range(2)], -1)
+    assert (freq - p.detach()).abs().max() < 0.05
+    a0 = dist.conditional(0, []).argmax(-1)
+    a1 = dist.conditional(1, [a0]).argmax(-1)
+    assert torch.equal(dist.mode()[:, :2], torch.stack([a0, a1], -1))
+    assert torch.allclose(dist.kl(dist), torch.zeros(2), atol=1e-6)
+    many, _ = pol.act(x.repeat(2000, 1), pol.initial_act_state(4000), None)  # rows alternate the two inputs
+    # noise-driven sampling (the stochastic ONNX graph) draws the same law
+    codes = (many.sample_with(torch.rand(4000, 3)) * torch.tensor([12, 4, 1])).sum(-1).view(2000, 2)
+    freq = torch.stack([(codes[:, b, None] == torch.arange(24)).float().mean(0) for b in range(2)], -1)
+    assert (freq - p.detach()).abs().max() < 0.05
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[:, 2 + 0] = False  # component 1 may not be 0
+    masked, _ = pol.act(torch.randn(2, 3), pol.initial_act_state(2), None, mask)
+    assert (torch.stack([masked.sample() for _ in range(300)])[..., 1] != 0).all()
+    with pytest.raises(RecurlError, match="autoregressive"):
+        RecurrentPolicy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3), PolicyConfig(autoregressive=True))
+    with pytest.raises(RecurlError, match="residual"):
+        PolicyConfig(residual=True, hidden_size=16, encoder_hidden=(8,))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from recurl.algos.base import Algorithm, build_config
 from recurl.algos.bc import BCConfig, BehaviourCloning
+from recurl.algos.melee import MeleeConfig, MeleeImitation
 from recurl.algos.ppo import PPOConfig, RecurrentPPO
 from recurl.algos.r2d2 import R2D2, R2D2Config
 from recurl.algos.sac import RecurrentSAC, SACConfig
@@ -19,10 +20,11 @@ ALGOS: dict[str, tuple[type, type[Algorithm]]] = {
     "r2d2": (R2D2Config, R2D2),
     "bc": (BCConfig, BehaviourCloning),
     "sac": (SACConfig, RecurrentSAC),
+    "melee": (MeleeConfig, MeleeImitation),
 }
 
-__all__ = ["ALGOS", "Algorithm", "BCConfig", "BehaviourCloning", "PPOConfig", "R2D2", "R2D2Config",
-           "RecurrentPPO", "RecurrentSAC", "SACConfig", "algo_classes", "build_config"]
+__all__ = ["ALGOS", "Algorithm", "BCConfig", "BehaviourCloning", "MeleeConfig", "MeleeImitation", "PPOConfig",
+           "R2D2", "R2D2Config", "RecurrentPPO", "RecurrentSAC", "SACConfig", "algo_classes", "build_config"]
 
 
 def algo_classes(name: str) -> tuple[type, type[Algorithm]]:

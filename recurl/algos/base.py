@@ -28,7 +28,7 @@ from recurl.checkpoint import (
 from recurl.collector import Collector, env_action, mask_source
 from recurl.envs import make_vec_env, resolve_env_id
 from recurl.errors import RecurlError
-from recurl.evaluation import EvalCallback, new_eval_record
+from recurl.evaluation import EvalCallback, evaluate_policy, new_eval_record
 from recurl.nn.recurrent import State
 from recurl.obs import ObsConverter, check_is_first, check_mask, check_state
 from recurl.util import pick_device, set_seed, set_threads
@@ -83,6 +83,9 @@ class Algorithm:
     n_updates: int = 0
     #: ``(first, last)`` value of the step counter in the current learn call (resume continues it)
     _span: tuple[int, int] = (0, 0)
+    #: index of this process's first env among all envs of a run (a rollout worker's share; 0 otherwise):
+    #: env ``i`` here resets with the seed env ``env_offset + i`` of one process holding all envs would get
+    env_offset: int = 0
     #: progress of the scheduled evaluations (:class:`~recurl.evaluation.EvalCallback`)
     eval_record: dict[str, Any]
 
@@ -101,15 +104,21 @@ class Algorithm:
         # The caller's id may name the module that registers it (Gymnasium's module:EnvId): import it here,
         # once, and keep the registered id, so config.json names no module (runs are read back strictly).
         # A dataset's id (behaviour cloning) was refused on reading if it named one.
-        self.config = dataclasses.replace(self.config, env=resolve_env_id(self.config.env, allow_import=True))
+        spaces = self._dataset_spaces()
+        if spaces is None:
+            self.config = dataclasses.replace(self.config, env=resolve_env_id(self.config.env, allow_import=True))
         self.device = pick_device(self.config.device)
         set_threads(self.config.threads)
         set_seed(self.config.seed)
-        probe = self.make_env(1)
-        self.observation_space = probe.single_observation_space
-        self.action_space = probe.single_action_space
-        self._resolve_masks(mask_source(probe))
-        probe.close()
+        if spaces is None:
+            probe = self.make_env(1)
+            self.observation_space = probe.single_observation_space
+            self.action_space = probe.single_action_space
+            self._resolve_masks(mask_source(probe))
+            probe.close()
+        else:  # learned from a dataset alone (Melee replays): no env to probe, act or evaluate in
+            self.observation_space, self.action_space = spaces
+            self._resolve_masks(None)
         if getattr(self.config.policy, "ortho_init", False) is None:  # the algorithm's own default
             self.config = dataclasses.replace(self.config, policy=dataclasses.replace(
                 self.config.policy, ortho_init=self.ortho_init_default))
@@ -182,6 +191,12 @@ class Algorithm:
         a = env_action(self.action_space, action)
         return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
 
+    def summarize(self, episodes: int, seed: int = 10_000) -> dict[str, Any]:
+        """The final evaluation of a run (``summary.json``): ``episodes`` deterministic episodes from ``seed``
+        (:func:`recurl.evaluation.evaluate_policy`); a model without an env reports on held-out data."""
+        result = evaluate_policy(self, n_episodes=episodes, seed=seed)
+        return {k: v for k, v in result.items() if not isinstance(v, list)}
+
     def copy_policy(self) -> Any:
         """A frozen copy of the current policy (e.g. a teacher or a snapshot for evaluation)."""
         return copy.deepcopy(self.policy).eval().requires_grad_(False)
@@ -238,17 +253,28 @@ class Algorithm:
         self.collector = Collector(self.make_env(cfg.num_envs), self.device, env_id=cfg.env, masks=self.masked)
         if getattr(self, "stats_history", None):
             self.collector.stats.load(self.stats_history)
-        self.collector.reset(cfg.seed + 7919 * self.n_updates, state)
+        self.collector.reset(cfg.seed + 7919 * self.n_updates + self.env_offset, state)
         return self.collector
 
     def make_env(self, n: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
         """``n`` copies of the config's env as one vector env (NEXT_STEP autoreset)."""
         cfg = self.config
+        if self._dataset_spaces() is not None:
+            raise RecurlError(f"this {self.algo} model learned from a dataset alone and has no env to run in: "
+                              "evaluate it on held-out data instead (docs/melee.md)")
         return make_vec_env(cfg.env, n, cfg.env_kwargs, getattr(cfg, "prev_action_reward", False), render_mode)
 
     # -- hooks -----------------------------------------------------------------------------------------
     def _prepare(self) -> None:
         """Runs before the env is probed (e.g. BC reads its dataset here)."""
+
+    def _dataset_spaces(self) -> tuple[gym.Space, gym.Space] | None:
+        """The spaces of a model that has no env (it learns from a dataset alone), else ``None``."""
+        return None
+
+    def _meta(self) -> dict[str, Any]:
+        """Extra entries of ``config.json`` (e.g. a dataset split and the baselines' statistics)."""
+        return {}
 
     def _check_spaces(self) -> None:
         """Runs once the env's spaces are known, before the networks are built."""
@@ -299,7 +325,8 @@ class Algorithm:
         return _from_saved(cls, Path(path), read_run(path), {**cls.load_overrides, "device": str(device), **overrides})
 
     def _loaded(self) -> None:
-        """Runs on a loaded model before ``_build`` (set attributes ``__init__`` would have set)."""
+        """Runs on a loaded model before ``_build`` (set attributes ``__init__`` would have set; the saved
+        ``config.json`` is in ``self.saved_meta``)."""
 
     @classmethod
     def resume(cls, run_dir: str | Path, progress: bool = True, total_steps: int | None = None) -> Any:
@@ -361,6 +388,7 @@ def _model_files(model: Algorithm) -> dict[str, bytes]:
         "action_space": space_to_json(model.action_space),
         "state_shapes": [list(s.shape) for s in model.policy.initial_act_state(1, "cpu")],
         "versions": {"recurl": __version__, "torch": torch.__version__, "gymnasium": gym.__version__},
+        **model._meta(),
     }
     return {MODEL_FILE: encode_weights(model._tensors()), CONFIG_FILE: encode_json(meta)}
 
@@ -378,6 +406,7 @@ def _from_saved(cls: type[Algorithm], path: Path, saved: SavedRun, overrides: di
     self.eval_record = new_eval_record()
     self.device = pick_device(cfg.device)
     self.observation_space, self.action_space = saved.observation_space, saved.action_space
+    self.saved_meta = saved.meta
     self._loaded()
     self._build(saved.observation_space, saved.action_space)
     try:

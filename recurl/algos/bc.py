@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,8 +41,7 @@ from recurl.data.trajectories import Episode, ObsArray, TrajectoryDataset, datas
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
 from recurl.nn.encoders import Obs
-from recurl.nn.heads import ActionDist
-from recurl.nn.policy import PolicyConfig, RecurrentPolicy
+from recurl.nn.policy import Dist, PolicyConfig, RecurrentPolicy
 from recurl.obs import ObsConverter
 
 
@@ -162,48 +161,95 @@ class Stream:
         return Stream(obs, self.actions[t0:t1], self.is_first[t0:t1], self.mask[t0:t1])
 
 
-def build_stream(pairs: list[tuple[ObsArray, np.ndarray]], order: list[int] | np.ndarray, rows: int,
-                 chunk_len: int, conv: ObsConverter, action_dtype: torch.dtype,
-                 device: torch.device | str = "cpu") -> Stream:
+class EpisodeStream:
+    """``R`` rows of back-to-back episodes, materialised one window at a time (bounded memory).
+
+    Built by :func:`build_stream`. :meth:`window` copies steps ``t0 .. t1 - 1`` of every row out of the
+    episodes that overlap them, so a dataset that loads its episodes lazily (a sequence whose items are
+    read from disk, e.g. :class:`recurl.melee.dataset.PerspectivePairs`) is never held in memory whole.
+    """
+
+    def __init__(self, pairs: PairSequence, row_eps: list[list[int]], length: int, conv: ObsConverter,
+                 action_dtype: torch.dtype, device: torch.device | str) -> None:
+        self.pairs, self.length, self.conv = pairs, length, conv
+        self.action_dtype, self.device = action_dtype, torch.device(device)
+        lengths = pair_lengths(pairs)
+        # per row: the episodes in order and the step at which each starts
+        self.row_eps = row_eps
+        self.row_starts = [np.cumsum([0] + [lengths[i] for i in eps]) for eps in row_eps]
+        obs0, act0 = pairs[row_eps[0][0]]  # the dtypes and shapes of a step
+        self._obs_like = {k: (v.shape[1:], v.dtype) for k, v in _leaves(obs0).items()}
+        self._act_like = (act0.shape[1:], act0.dtype)
+
+    @property
+    def rows(self) -> int:
+        return len(self.row_eps)
+
+    def window(self, t0: int, t1: int) -> Stream:
+        """Steps ``t0 .. t1 - 1`` of every row (padding: mask false, ``is_first`` true on the first padded step)."""
+        t1 = min(t1, self.length)
+        n, rows = t1 - t0, self.rows
+        obs = {k: np.zeros((n, rows, *shape), dtype) for k, (shape, dtype) in self._obs_like.items()}
+        actions = np.zeros((n, rows, *self._act_like[0]), self._act_like[1])
+        is_first, mask = np.zeros((n, rows), bool), np.zeros((n, rows), bool)
+        for r, (eps, starts) in enumerate(zip(self.row_eps, self.row_starts, strict=True)):
+            j = max(int(np.searchsorted(starts, t0, side="right")) - 1, 0)
+            while j < len(eps) and starts[j] < t1:
+                ep_obs, ep_act = self.pairs[eps[j]]
+                a, b = max(starts[j], t0), min(starts[j + 1], t1)  # the episode's part inside the window
+                src = slice(a - starts[j], b - starts[j])
+                for key, v in _leaves(ep_obs).items():
+                    obs[key][a - t0 : b - t0, r] = v[src]
+                actions[a - t0 : b - t0, r] = ep_act[src]
+                mask[a - t0 : b - t0, r] = True
+                if starts[j] >= t0:
+                    is_first[starts[j] - t0, r] = True
+                j += 1
+            end = int(starts[-1])
+            if t0 <= end < t1:  # padding starts here: it never continues an episode
+                is_first[end - t0, r] = True
+        return Stream(self.conv.to_torch(_unleaves(obs), self.device),
+                      torch.as_tensor(actions, dtype=self.action_dtype, device=self.device),
+                      torch.as_tensor(is_first, device=self.device), torch.as_tensor(mask, device=self.device))
+
+    def full(self) -> Stream:
+        """The whole stream materialised (small datasets, tests)."""
+        return self.window(0, self.length)
+
+
+PairSequence = Sequence[tuple[ObsArray, np.ndarray]]
+"""Training pairs ``(obs[T, ...], targets[T, ...])`` of episodes; a lazy sequence may give ``lengths``."""
+
+
+def pair_lengths(pairs: PairSequence) -> list[int]:
+    """Steps of every pair, without reading the episodes when the sequence knows them (``pairs.lengths``)."""
+    known = getattr(pairs, "lengths", None)
+    return list(known) if known is not None else [len(a) for _, a in pairs]
+
+
+def build_stream(pairs: PairSequence, order: list[int] | np.ndarray, rows: int, chunk_len: int, conv: ObsConverter,
+                 action_dtype: torch.dtype, device: torch.device | str = "cpu") -> EpisodeStream:
     """Deal the episodes ``pairs[i]`` for ``i`` in ``order`` to ``rows`` rows and lay them out end to end.
 
     Each episode goes, in turn, to the row with the fewest steps so far. The length ``N`` is the longest
     row rounded up to a multiple of ``chunk_len``; shorter rows are padded (mask false, ``is_first``
-    true on the first padded step so the padding never continues a real episode's state).
+    true on the first padded step so the padding never continues a real episode's state). Nothing is
+    copied until a window is asked for (:class:`EpisodeStream`).
     """
     rows = max(1, min(rows, len(order)))
+    lengths = pair_lengths(pairs)
     heap = [(0, r) for r in range(rows)]
     row_eps: list[list[int]] = [[] for _ in range(rows)]
     for i in order:
         load, r = heapq.heappop(heap)
         row_eps[r].append(int(i))
-        heapq.heappush(heap, (load + len(pairs[i][1]), r))
+        heapq.heappush(heap, (load + lengths[i], r))
     n = max(math.ceil(max(load for load, _ in heap) / chunk_len) * chunk_len, chunk_len)
-    leaves0 = _leaves(pairs[order[0]][0])
-    obs = {k: np.zeros((n, rows, *v.shape[1:]), v.dtype) for k, v in leaves0.items()}
-    act0 = pairs[order[0]][1]
-    actions = np.zeros((n, rows, *act0.shape[1:]), act0.dtype)
-    is_first = np.zeros((n, rows), bool)
-    mask = np.zeros((n, rows), bool)
-    for r, eps in enumerate(row_eps):
-        t = 0
-        for i in eps:
-            ep_obs, ep_act = pairs[i]
-            k = len(ep_act)
-            for key, v in _leaves(ep_obs).items():
-                obs[key][t : t + k, r] = v
-            actions[t : t + k, r] = ep_act
-            is_first[t, r] = True
-            mask[t : t + k, r] = True
-            t += k
-        if t < n:
-            is_first[t, r] = True
-    return Stream(conv.to_torch(_unleaves(obs), torch.device(device)),
-                  torch.as_tensor(actions, dtype=action_dtype, device=device),
-                  torch.as_tensor(is_first, device=device), torch.as_tensor(mask, device=device))
+    return EpisodeStream(pairs, row_eps, n, conv, action_dtype, device)
 
 
-def stream_unroll(policy: RecurrentPolicy, stream: Stream, chunk_len: int) -> Iterator[tuple[Stream, ActionDist]]:
+def stream_unroll(policy: RecurrentPolicy, stream: EpisodeStream | Stream,
+                  chunk_len: int) -> Iterator[tuple[Stream, Dist]]:
     """Unroll ``policy`` over ``stream`` chunk by chunk, carrying each row's state (detached) between chunks.
 
     Yields ``(chunk, dist)`` with ``dist`` over ``[chunk_len, R]``. A caller may take an optimizer step
@@ -267,7 +313,7 @@ class BehaviourCloning(Algorithm):
         self._step_limit = 0  # n_updates at which the current learn call stops (0: none)
 
     # -- data --------------------------------------------------------------------------------------------
-    def _split(self) -> tuple[list[tuple[ObsArray, np.ndarray]], list[tuple[ObsArray, np.ndarray]]]:
+    def _split(self) -> tuple[PairSequence, PairSequence]:
         """Delay-shifted (obs, target) pairs of the training and held-out episodes (split by episode)."""
         cfg = self.config
         if self._data is None:
@@ -280,13 +326,17 @@ class BehaviourCloning(Algorithm):
         n_val = min(max(round(cfg.val_fraction * len(pairs)), 1), len(pairs) - 1) if cfg.val_fraction > 0 else 0
         return [pairs[i] for i in perm[n_val:]], [pairs[i] for i in perm[:n_val]]
 
-    def _stream(self, pairs: list[tuple[ObsArray, np.ndarray]], order: list[int] | np.ndarray) -> Stream:
+    def _epoch_pairs(self, pairs: PairSequence) -> PairSequence:
+        """The training pairs of the coming epoch (a hook for data augmentation; ``self.epoch`` is its index)."""
+        return pairs
+
+    def _stream(self, pairs: PairSequence, order: list[int] | np.ndarray) -> EpisodeStream:
         box = isinstance(self.action_space, gym.spaces.Box)
         return build_stream(pairs, order, self.config.batch_size, self.config.chunk_len, self.obs_conv,
                             torch.float32 if box else torch.long, self.device)
 
     # -- one pass ----------------------------------------------------------------------------------------
-    def _pass(self, stream: Stream, train: bool) -> dict[str, float]:
+    def _pass(self, stream: EpisodeStream, train: bool) -> dict[str, float]:
         """Mean negative log-likelihood (and accuracy for discrete actions) over ``stream``'s real steps."""
         cfg = self.config
         nll_sum, hits, count = 0.0, 0.0, 0.0
@@ -340,10 +390,12 @@ class BehaviourCloning(Algorithm):
     def _train(self, run_dir: str | Path | None, progress_bar: bool, callbacks: list[Callback], fresh: bool) -> None:
         cfg = self.config
         train, val = self._split()
-        n_train = sum(len(a) for _, a in train)
+        n_train = sum(pair_lengths(train))
         if self.epoch == 0:  # observation statistics come from the training episodes, once
             stream = self._stream(train, np.arange(len(train)))
-            self.policy.update_normalizer(stream.obs, stream.mask)
+            for t0 in range(0, stream.length, cfg.chunk_len):
+                window = stream.window(t0, t0 + cfg.chunk_len)
+                self.policy.update_normalizer(window.obs, window.mask)
         val_stream = self._stream(val, np.arange(len(val))) if val else None
         first, last = self._span
         logger = RunLogger(run_dir, last * n_train, progress_bar)
@@ -352,7 +404,7 @@ class BehaviourCloning(Algorithm):
             while self.epoch < last and self.bad_epochs < cfg.patience and not 0 < self._step_limit <= self.n_updates:
                 t0 = time.perf_counter()
                 order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(train))
-                tr = self._pass(self._stream(train, order), train=True)
+                tr = self._pass(self._stream(self._epoch_pairs(train), order), train=True)
                 self.epoch += 1
                 logs = {"train/loss": tr["loss"], "train/epoch": self.epoch, "train/n_updates": self.n_updates}
                 if "accuracy" in tr:
@@ -371,7 +423,8 @@ class BehaviourCloning(Algorithm):
                 logger.log(self.epoch * n_train, logs)
                 if run_dir is not None and self.epoch % cfg.checkpoint_every == 0:
                     self.checkpoint(run_dir)
-                if 0 < self._step_limit <= self.n_updates or any(cb(self) is False for cb in callbacks):
+                # the callbacks see every epoch, the last one (cut by the step budget) included
+                if any(cb(self) is False for cb in callbacks) or 0 < self._step_limit <= self.n_updates:
                     break
         finally:
             logger.close()

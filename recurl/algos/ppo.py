@@ -14,10 +14,19 @@ How memory is handled, in one place:
   the start of every chunk (and only there). A minibatch is a set of (env, chunk) sequences, unrolled
   from their stored states.
 - ``terminated`` stops bootstrapping; ``truncated`` bootstraps from the final observation's value.
+
+Rollout workers (``--workers N``, :mod:`recurl.algos.distributed`): each worker is a :class:`RecurrentPPO`
+with ``num_envs / N`` of the envs, running the same :meth:`RecurrentPPO._collect`; the learner merges their
+buffers and runs the same update. Two things make N workers x k envs give exactly the rollouts of one
+process with N*k envs: worker ``w`` seeds its envs as envs ``w*k .. (w+1)*k - 1`` (``env_offset``), and it
+samples its actions from the learner's torch RNG state, drawing the noise of all N*k envs and keeping its
+own rows (:func:`sample_rows`), so the single process's sampling stream is unchanged. Reward scaling
+depends on every env, so it runs on the learner, over the merged rollout (:meth:`RecurrentPPO._scale_rewards`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,8 +39,9 @@ import torch
 from torch import nn
 
 from recurl.algos.base import Algorithm, Callback, build_config
+from recurl.algos.distributed import InlinePool, WorkerPool, check_ray, start_pool
 from recurl.checkpoint import read_run
-from recurl.collector import Collector
+from recurl.collector import Collector, EpisodeStats
 from recurl.config import AT_LEAST_0, AT_LEAST_1, DEVICE, DISCOUNT, POSITIVE, UNIT, EvalSchedule, Ranges, check_config
 from recurl.errors import RecurlError
 from recurl.logger import RunLogger
@@ -107,6 +117,10 @@ class PPOConfig(EvalSchedule):
     """auto (cuda when available), cpu, cuda or cuda:N."""
     threads: int = 0
     """Torch CPU threads (0: one, fastest for small networks; raise it for image encoders)."""
+    workers: int = 0
+    """Rollout workers on Ray, each stepping num_envs / workers of the envs on CPU (0: envs in this process)."""
+    ray_address: str = ""
+    """Ray cluster to run the workers on (auto, HOST:PORT; empty: start a local one; inline: no Ray)."""
 
     RANGES: ClassVar[Ranges] = {
         **EvalSchedule.RANGES,
@@ -115,7 +129,7 @@ class PPOConfig(EvalSchedule):
         "gamma": DISCOUNT, "gae_lambda": UNIT, "clip_range": POSITIVE, "clip_range_vf": POSITIVE,
         "ent_coef": AT_LEAST_0, "vf_coef": AT_LEAST_0, "max_grad_norm": POSITIVE, "target_kl": POSITIVE,
         "kl_teacher": AT_LEAST_0, "eval_episodes": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "device": DEVICE,
-        "threads": AT_LEAST_0,
+        "threads": AT_LEAST_0, "workers": AT_LEAST_0,
     }
 
     def __post_init__(self) -> None:
@@ -134,6 +148,8 @@ class PPOConfig(EvalSchedule):
                 f"({self.num_envs * self.n_steps})")
         if self.kl_teacher > 0 and not self.init_from:
             bad("--kl-teacher needs --init-from RUN_DIR (the teacher)")
+        if self.workers and self.num_envs % self.workers:
+            bad(f"--num-envs ({self.num_envs}) must be a multiple of --workers ({self.workers})")
 
     @property
     def chunk_len(self) -> int:
@@ -188,7 +204,13 @@ def compute_gae(
 # Rollout storage: per-step tensors plus the recurrent state at each chunk start
 # ---------------------------------------------------------------------------------------------------
 class RolloutBuffer:
-    """``n_steps x num_envs`` transitions on the training device; states only at chunk starts."""
+    """``n_steps x num_envs`` transitions on the training device; states only at chunk starts.
+
+    ``rewards`` hold the env's rewards until :meth:`RecurrentPPO._scale_rewards` scales them in place.
+    """
+
+    #: the per-step tensors, ``[T, B, ...]`` (``values`` ``[T + 1, B]``); ``obs`` may be a dict of them
+    FIELDS = ("obs", "actions", "logp", "rewards", "values", "is_first", "valid", "terminated", "truncated", "masks")
 
     def __init__(self, cfg: PPOConfig, obs_conv: ObsConverter, act_shape: tuple[int, ...],
                  act_dtype: torch.dtype, device: torch.device, mask_width: int = 0) -> None:
@@ -207,11 +229,65 @@ class RolloutBuffer:
         self.chunk_states: list[ActorCriticState] = []
         self.teacher_states: list[ActorCriticState] = []
 
+    def parts(self) -> dict[str, Any]:
+        """The contents as CPU tensors (what a worker sends back): :attr:`FIELDS` plus the chunk states."""
+        def cpu(x: Any) -> Any:
+            return {k: v.cpu() for k, v in x.items()} if isinstance(x, dict) else None if x is None else x.cpu()
+
+        return {**{k: cpu(getattr(self, k)) for k in self.FIELDS},
+                "chunk_states": [s.map(torch.Tensor.cpu) for s in self.chunk_states],
+                "teacher_states": [s.map(torch.Tensor.cpu) for s in self.teacher_states]}
+
+    def merge(self, parts: list[dict[str, Any]]) -> None:
+        """Fill this buffer with the :meth:`parts` of buffers holding consecutive slices of its envs."""
+        off = 0
+        for p in parts:
+            k = p["valid"].shape[1]
+            for name in self.FIELDS:
+                dst, src = getattr(self, name), p[name]
+                for d, s in (zip(dst.values(), src.values()) if isinstance(dst, dict) else [(dst, src)]):
+                    if d is not None:
+                        d[:, off : off + k] = s.to(d.device)
+            off += k
+        dev = self.valid.device
+        for name in ("chunk_states", "teacher_states"):  # per chunk: the workers' states side by side
+            setattr(self, name, [_stack_states([s.map(lambda x: x.to(dev)) for s in chunk])
+                                 for chunk in zip(*(p[name] for p in parts))])
+
 
 def _stack_states(chunk_states: list[ActorCriticState]) -> ActorCriticState:
     """Per-chunk states ``[layers, B, H]`` -> ``[layers, n_chunks * B, H]`` in sequence order."""
     return ActorCriticState(*(tuple(torch.cat(parts, dim=1) for parts in zip(*(getattr(s, part) for s in chunk_states)))
                               for part in ActorCriticState._fields))
+
+
+def sample_rows(dist: Any, offset: int, total: int) -> torch.Tensor:
+    """``dist.sample()`` for rows ``offset .. offset + k`` of a batch of ``total``: ``dist`` (an action
+    distribution of :mod:`recurl.nn.heads` over a batch ``[k]``) is padded to ``[total]`` and sampled whole,
+    and its own rows are kept.
+
+    torch draws the noise of a batch independently of the values (multinomial's exponential race,
+    ``randn`` for a Gaussian), so from the same RNG state a worker's rows are exactly what one process
+    holding all ``total`` envs samples for them, and the RNG advances by the same amount.
+    """
+    def pad(x: torch.Tensor, fill: float | bool = 0.0) -> torch.Tensor:
+        out = x.new_full((total, *x.shape[1:]), fill)
+        out[offset : offset + len(x)] = x
+        return out
+
+    # the distributions of recurl.nn.heads, rebuilt around padded inputs
+    if dist.kind == "autoregressive":  # a chain: the head recomputes each conditional from h
+        k = len(dist.h)
+        mask = None if dist.masks is None else pad(torch.cat(dist.masks, -1), True)
+        full = type(dist)(dist.head, pad(dist.h), mask)
+    else:
+        k = len(dist.params)
+        full = type(dist)(dist.kind, pad(dist.params), dist.log_std, dist.splits)
+        if dist.kind == "categorical":
+            full.logits = pad(dist.logits)
+        elif dist.kind == "multi":
+            full.logits_list = [pad(lg) for lg in dist.logits_list]
+    return full.sample()[offset : offset + k]
 
 
 def _to_sequences(x: torch.Tensor, L: int) -> torch.Tensor:
@@ -261,6 +337,9 @@ class RecurrentPPO(Algorithm):
         self.n_updates = 0
         self.collector: Collector | None = None
         self.stats_history: dict[str, Any] | None = None
+        self.pool: WorkerPool | InlinePool | None = None  # rollout workers (--workers)
+        self.remote_stats: EpisodeStats | None = None  # the workers' episodes, as the learner sees them
+        self.rows: tuple[int, int] | None = None  # a worker's (first env, all envs): it samples its rows only
         self.teacher: RecurrentPolicy | None = None
         if cfg.init_from:
             src = load_policy(cfg.init_from, self.device)
@@ -293,17 +372,26 @@ class RecurrentPPO(Algorithm):
             if self.teacher is not None:
                 _, _, t_state = self.teacher.step(col.obs, t_state, col.is_first, mask)
             dist, value, state = pol.step(col.obs, state, col.is_first, mask)
-            action = dist.sample()
+            action = dist.sample() if self.rows is None else sample_rows(dist, *self.rows)
             buf.actions[t] = action
             buf.logp[t] = dist.log_prob(action)
             buf.values[t] = value
             step = col.step(action, (state, t_state))
-            done = np.logical_or(step.terminated, step.truncated)
-            buf.rewards[t] = torch.as_tensor(self._scale_reward(step.reward, done, step.valid), device=self.device)
+            buf.rewards[t] = torch.as_tensor(step.reward, device=self.device)  # scaled by _scale_rewards
             buf.terminated[t] = torch.as_tensor(step.terminated, device=self.device)
             buf.truncated[t] = torch.as_tensor(step.truncated, device=self.device)
         # Bootstrap value of the observation after the rollout; the state is not advanced by it.
         _, buf.values[cfg.n_steps], _ = pol.step(col.obs, col.state[0], col.is_first, col.action_mask)
+
+    def _scale_rewards(self, buf: RolloutBuffer) -> None:
+        """Scale the rollout's rewards in place, step by step over all envs (the running statistics see every
+        env, so this runs on the learner once the workers' rollouts are merged)."""
+        rewards = buf.rewards.cpu().numpy()
+        done = (buf.terminated | buf.truncated).cpu().numpy()
+        valid = buf.valid.cpu().numpy()
+        for t in range(len(rewards)):
+            rewards[t] = self._scale_reward(rewards[t], done[t], valid[t])
+        buf.rewards.copy_(torch.as_tensor(rewards))
 
     def _scale_reward(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Divide by the running std of the discounted return (SB3 VecNormalize's scheme)."""
@@ -431,24 +519,26 @@ class RecurrentPPO(Algorithm):
         cfg = self.config
         steps_per_update = cfg.n_steps * cfg.num_envs
         start, end = self._span
-        if fresh or self.collector is None:
+        if fresh or (self.collector is None and self.pool is None):
             self._start_collector()
-        buf = RolloutBuffer(cfg, self.obs_conv, tuple(self.action_space.shape or ()),
-                            torch.float32 if isinstance(self.action_space, gym.spaces.Box) else torch.long,
-                            self.device, mask_width(self.action_space) if self.masked else 0)
+        buf = self._new_buffer()
         logger = RunLogger(run_dir, end, progress_bar)
         logger.start(self.num_timesteps)
         try:
             while self.num_timesteps + steps_per_update <= end or self.num_timesteps == start < end:
                 t0 = time.perf_counter()
                 progress = self._progress()
-                self._collect(buf)
+                if self.pool is None:
+                    self._collect(buf)
+                else:
+                    self._collect_remote(buf)
+                self._scale_rewards(buf)
                 self.num_timesteps += steps_per_update
                 t1 = time.perf_counter()
                 train_logs = self._update(buf, progress)
                 t2 = time.perf_counter()
                 self.timing = {"collect_s": t1 - t0, "update_s": t2 - t1}  # the last iteration's phases
-                logs = {**self.collector.stats.summary(), **train_logs, "time/fps": steps_per_update / (t2 - t0),
+                logs = {**self._episode_stats().summary(), **train_logs, "time/fps": steps_per_update / (t2 - t0),
                         **{f"time/{k}": v for k, v in self.timing.items()}}
                 logger.log(self.num_timesteps, logs)
                 if run_dir is not None and self.n_updates % cfg.checkpoint_every == 0:
@@ -463,9 +553,67 @@ class RecurrentPPO(Algorithm):
     def _start_collector(self) -> None:
         """Fresh envs and zero states (a resumed run restarts its episodes: env state is not saved)."""
         cfg = self.config
+        self._ret = np.zeros(cfg.num_envs, np.float64)
+        if cfg.workers:  # the envs live in the workers; they restart their episodes on the next rollout
+            if self.pool is None:
+                check_ray(cfg.ray_address)
+                self.pool = start_pool(ppo_worker, (cfg,), cfg.workers, cfg.ray_address)
+                self.remote_stats = EpisodeStats()
+                if self.stats_history:
+                    self.remote_stats.load(self.stats_history)
+            self._workers_fresh = True
+            return
         teacher = self.teacher.initial_state(cfg.num_envs, self.device) if self.teacher else ActorCriticState((), ())
         self._fresh_collector((self.policy.initial_state(cfg.num_envs, self.device), teacher))
-        self._ret = np.zeros(cfg.num_envs, np.float64)
+
+    # -- rollout workers -----------------------------------------------------------------------------------
+    def _collect_remote(self, buf: RolloutBuffer) -> None:
+        """One rollout from the workers into ``buf``: the weights go out once (one object-store entry read by
+        every worker) with the RNG state to sample from; each worker returns its envs' slice of the buffer."""
+        weights = self.pool.put({k: v.detach().cpu() for k, v in self.policy.state_dict().items()})
+        rng = torch.get_rng_state()
+        results = self.pool.map("rollout", [(weights, rng, self.n_updates, self._workers_fresh)] * len(self.pool))
+        self._workers_fresh = False
+        buf.merge([r["buffer"] for r in results])
+        # every worker drew the noise of all envs, so each ends where one process would have
+        torch.set_rng_state(results[0]["rng"])
+        for r in results:
+            self.remote_stats.add(*r["episodes"])
+
+    @torch.inference_mode()
+    def rollout(self, weights: dict[str, torch.Tensor], rng: torch.Tensor, n_updates: int,
+                fresh: bool) -> dict[str, Any]:
+        """A worker's side of :meth:`_collect_remote`: load the learner's ``weights``, restart the envs when
+        ``fresh`` (or after a restart of this worker), fill the buffer with ``_collect`` sampling from the
+        learner's RNG state ``rng``; returns the buffer's :meth:`RolloutBuffer.parts`, the RNG state after
+        it and the episodes finished meanwhile ``(returns, lengths, successes)``."""
+        self.policy.load_state_dict(weights)
+        if fresh or self.collector is None:
+            self.n_updates = n_updates  # the reset seed of the single process
+            self._start_collector()
+            self._buf = self._new_buffer()
+        torch.set_rng_state(rng)
+        stats = self.collector.stats
+        before = stats.episodes
+        self._collect(self._buf)
+        n = min(stats.episodes - before, stats.window)
+        last = [x[len(x) - min(n, len(x)) :] for x in (stats.returns, stats.lengths, stats.successes)]
+        episodes = (np.asarray(last[0]), np.asarray(last[1], np.int64), last[2])
+        return {"buffer": self._buf.parts(), "rng": torch.get_rng_state(), "episodes": episodes}
+
+    def shutdown_workers(self) -> None:
+        """Stop the rollout workers (a later ``learn`` starts new ones)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def _episode_stats(self) -> EpisodeStats:
+        return self.collector.stats if self.pool is None else self.remote_stats
+
+    def _new_buffer(self) -> RolloutBuffer:
+        return RolloutBuffer(self.config, self.obs_conv, tuple(self.action_space.shape or ()),
+                             torch.float32 if isinstance(self.action_space, gym.spaces.Box) else torch.long,
+                             self.device, mask_width(self.action_space) if self.masked else 0)
 
     # -- persistence -------------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -476,7 +624,20 @@ class RecurrentPPO(Algorithm):
         self.reward_norm.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("reward_norm.")})
 
     def _algo_state(self) -> dict[str, Any]:
-        return {"episodes": self.collector.stats.state() if self.collector else self.stats_history}
+        started = self.collector is not None or self.pool is not None
+        return {"episodes": self._episode_stats().state() if started else self.stats_history}
 
     def _restore_algo(self, state: dict[str, Any]) -> None:
         self.stats_history = state["episodes"]
+
+
+def ppo_worker(config: PPOConfig, index: int) -> RecurrentPPO:
+    """Rollout worker ``index`` of a ``--workers`` run: a CPU :class:`RecurrentPPO` holding envs
+    ``index * k .. (index + 1) * k - 1`` of the config's ``num_envs`` (``k = num_envs / workers``)."""
+    k = config.num_envs // config.workers
+    # the worker never updates: a batch of one chunk passes the config checks for its k envs
+    cfg = dataclasses.replace(config, num_envs=k, workers=0, device="cpu", batch_size=config.chunk_len,
+                              eval_every=0, stop_at_return=None)
+    worker = RecurrentPPO(config=cfg)
+    worker.env_offset, worker.rows = index * k, (index * k, config.num_envs)
+    return worker

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
@@ -158,6 +159,12 @@ class R2D2Config(EvalSchedule):
     """auto (cuda when available), cpu, cuda or cuda:N."""
     threads: int = 0
     """Torch CPU threads (0: one, fastest for small networks)."""
+    workers: int = 0
+    """Actor workers on Ray (Ape-X), each acting in num_envs / workers of the envs on CPU (0: in this process)."""
+    ray_address: str = ""
+    """Ray cluster to run the workers on (auto, HOST:PORT; empty: start a local one; inline: no Ray)."""
+    sync_every: int = 50
+    """Steps of its envs an actor worker takes with one set of weights before pulling fresh ones."""
 
     RANGES: ClassVar[Ranges] = {
         **EvalSchedule.RANGES,
@@ -169,6 +176,7 @@ class R2D2Config(EvalSchedule):
         "learning_starts": AT_LEAST_0, "batch_size": AT_LEAST_1, "train_every": AT_LEAST_1,
         "gradient_steps": AT_LEAST_1, "learning_rate": POSITIVE, "adam_eps": POSITIVE, "max_grad_norm": AT_LEAST_0,
         "eval_episodes": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "device": DEVICE, "threads": AT_LEAST_0,
+        "workers": AT_LEAST_0, "sync_every": AT_LEAST_1,
     }
 
     def __post_init__(self) -> None:
@@ -181,6 +189,8 @@ class R2D2Config(EvalSchedule):
             bad(f"--overlap ({self.overlap}) must be below --seq-len ({self.seq_len})")
         if self.batch_size > self.replay_capacity:  # the learner would wait forever for a full batch
             bad(f"--batch-size ({self.batch_size}) exceeds --replay-capacity ({self.replay_capacity})")
+        if self.workers and self.num_envs % self.workers:
+            bad(f"--num-envs ({self.num_envs}) must be a multiple of --workers ({self.workers})")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,9 +356,10 @@ class R2D2(ReplayAlgorithm):
 
     # -- exploration -------------------------------------------------------------------------------------
     def epsilons(self) -> torch.Tensor:
-        """Per-actor epsilon ``[num_envs]`` at the current ``num_timesteps``."""
+        """Per-actor epsilon ``[num_envs]`` at the current ``num_timesteps`` (an actor worker: its envs' slice of
+        the epsilons of all envs)."""
         cfg = self.config
-        N = cfg.num_envs
+        first, N = self.rows or (0, cfg.num_envs)
         if cfg.exploration == "apex":
             i = torch.arange(N, dtype=torch.float64)
             eps = cfg.epsilon ** (1 + cfg.apex_alpha * i / max(N - 1, 1))
@@ -357,7 +368,7 @@ class R2D2(ReplayAlgorithm):
             eps = torch.full((N,), cfg.epsilon_start + frac * (cfg.epsilon - cfg.epsilon_start), dtype=torch.float64)
         else:
             eps = torch.full((N,), cfg.epsilon, dtype=torch.float64)
-        return eps.float().to(self.device)
+        return eps[first : first + cfg.num_envs].float().to(self.device)
 
     # -- the learner step --------------------------------------------------------------------------------
     def _loss(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -437,6 +448,10 @@ class R2D2(ReplayAlgorithm):
 
     def _target_source(self) -> nn.Module:
         return self.policy
+
+    def _priorities(self, replay: SequenceReplay, idx: np.ndarray) -> np.ndarray:
+        """Ape-X: an actor computes its windows' initial priorities with its copy of the network."""
+        return self._loss(replay.gather(idx, np.ones(len(idx)), self.device))[1].cpu().numpy()
 
     # -- acting ------------------------------------------------------------------------------------------
     def _act(self, obs: Obs, state: State, is_first: torch.Tensor,

@@ -125,6 +125,10 @@ class SequenceReplay:
         p /= p.sum()
         idx = self.rng.choice(self.size, batch_size, p=p)
         w = (self.size * p[idx]) ** -beta
+        return self.gather(idx, w / w.max(), device)
+
+    def gather(self, idx: np.ndarray, weights: np.ndarray, device: torch.device) -> SequenceBatch:
+        """The windows at slots ``idx`` as a time-major batch with importance weights ``weights[B]``."""
         t_idx = torch.as_tensor(idx)
         obs = _take(self.obs, t_idx)
         obs = {k: v.transpose(0, 1).to(device) for k, v in obs.items()} if isinstance(obs, dict) else \
@@ -141,7 +145,7 @@ class SequenceReplay:
             is_first=self.is_first[t_idx].t().to(device),
             state0=state0,
             masks=None if self.masks is None else self.masks[t_idx].transpose(0, 1).to(device),
-            weights=torch.as_tensor(w / w.max(), dtype=torch.float32, device=device),
+            weights=torch.as_tensor(weights, dtype=torch.float32, device=device),
             indices=idx,
         )
 

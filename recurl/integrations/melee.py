@@ -3,11 +3,10 @@
 ``player_arrays(player_state)`` gathers one frame of a libmelee ``PlayerState`` into the same raw fields as
 the replay path and encodes them with ``recurl.melee.features``, so a frame seen live and the same frame
 read from a replay by peppi-py give identical inputs (tested on the shared replays through libmelee's
-offline file console). ``MeleeAgent`` keeps the last ``D`` frames, builds the model input with
-``train.make_sequence`` (the exact training alignment: to choose the controller of frame ``u`` it sees the
-state of frame ``u - D`` and its own controller of frame ``u - 1``), steps the recurrent model and writes
-the sampled controller to a libmelee ``Controller``. Timing: the ``GameState`` of frame ``t`` arrives after
-frame ``t`` ran, so what the agent presses now is frame ``t + 1``'s controller (``u = t + 1``).
+offline file console). ``MeleeAgent`` builds the model's observation from each frame, acts with
+:class:`recurl.Agent` (torch or ONNX) and presses the controller on a libmelee ``Controller`` with the
+exact alignment of training (to choose the controller of frame ``u`` it sees the state of frame ``u - D``
+and its own controller of frame ``u - 1``).
 
 Fields that cannot match between the two paths, and why:
 
@@ -23,135 +22,109 @@ Live play needs Slippi Dolphin and a Melee ISO, which this repository cannot shi
 
 from __future__ import annotations
 
-from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from recurl.agent import Agent
+from recurl.collector import ActionQueue
+from recurl.errors import RecurlError
+from recurl.melee import dataset as D
 from recurl.melee import features as F
-from recurl.melee.model import MeleeModel
-from recurl.melee.train import make_sequence, to_torch
+from recurl.melee import libmelee_reader as LM
+from recurl.runs import load_model
 
-# libmelee stage names -> external stage ids (see features.LEGAL_STAGES).
-_LIBMELEE_STAGES = {"FOUNTAIN_OF_DREAMS": 2, "POKEMON_STADIUM": 3, "YOSHIS_STORY": 8, "DREAMLAND": 28,
-                    "BATTLEFIELD": 31, "FINAL_DESTINATION": 32}
-_BUTTON_ENUMS = {"A": "BUTTON_A", "B": "BUTTON_B", "X": "BUTTON_X", "Y": "BUTTON_Y", "Z": "BUTTON_Z",
-                 "R": "BUTTON_R", "L": "BUTTON_L"}
+#: the controller at rest: no button, sticks centred, shoulder released
+NEUTRAL = np.zeros(len(D.CONTROLLER_NVEC), np.int64)
+NEUTRAL[D.MAIN] = F.MAIN_NEUTRAL
 
 
 def stage_index(stage: Any) -> int:
     """Compact stage index of a libmelee ``Stage`` enum (0 for anything but the six legal stages)."""
-    return F.stage_index(_LIBMELEE_STAGES.get(getattr(stage, "name", ""), -1))
-
-
-def _raw(ps: Any) -> dict[str, np.ndarray]:
-    """One frame of a libmelee ``PlayerState`` as raw arrays ``[1]`` (keys of ``features.RAW_DEFAULTS``)."""
-    values = {
-        "x": ps.position.x, "y": ps.position.y, "percent": ps.percent, "stocks": ps.stock,
-        "direction": 1.0 if ps.facing else -1.0, "shield": ps.shield_strength, "jumps": ps.jumps_left,
-        "airborne": 0.0 if ps.on_ground else 1.0, "hurtbox": float(bool(ps.invulnerable)),
-        "hitlag": ps.hitlag_left, "misc_as": ps.hitstun_frames_left,
-        "vel_air_x": ps.speed_air_x_self, "vel_y": ps.speed_y_self, "kb_x": ps.speed_x_attack,
-        "kb_y": ps.speed_y_attack, "vel_ground_x": ps.speed_ground_x_self,
-        "action": ps.action.value, "character": ps.character.value,
-    }
-    return {k: np.asarray([v], dtype=np.float32) for k, v in values.items()}
+    return LM.stage_index(stage)
 
 
 def player_arrays(ps: Any) -> dict[str, np.ndarray]:
     """Encode one frame of a libmelee ``PlayerState``: the ``p{i}_*`` arrays of ``prepare`` without the
     prefix, each with a leading length-1 frame axis (``floats[1, F]``, ``nana[1, F + 1]``, ``buttons[1, 5]``,
-    ``action, character, main, cstick, shoulder[1]``)."""
-    import melee
-
-    floats, action, character = F.encode_player(_raw(ps))
-    cs = ps.controller_state
-    bits = sum(F.BUTTON_BITS[n] for n, e in _BUTTON_ENUMS.items() if cs.button[getattr(melee.Button, e)])
-    # libmelee stores sticks as v / 2 + 0.5; features.stick_grid absorbs the rounding of this round trip
-    (mx, my), (cx, cy) = cs.main_stick, cs.c_stick
-    nana = np.zeros((1, F.NANA_WIDTH), dtype=np.float32)
-    if ps.nana is not None:
-        nana[:, :F.NUM_FLOATS] = F.encode_player(_raw(ps.nana))[0]
-        nana[:, F.NUM_FLOATS] = 1.0
-    return {
-        "floats": floats, "action": action, "character": character, "nana": nana,
-        "buttons": F.encode_buttons(np.asarray([bits])),
-        "main": F.encode_main(np.asarray([(mx - 0.5) * 2]), np.asarray([(my - 0.5) * 2])),
-        "cstick": F.encode_cstick(np.asarray([(cx - 0.5) * 2]), np.asarray([(cy - 0.5) * 2])),
-        "shoulder": F.encode_shoulder(np.asarray([cs.l_shoulder])),
-    }
+    ``action, character, main, cstick, shoulder[1]``). The converter is ``libmelee_reader.encode_states``,
+    the same one ``prepare``'s libmelee fallback uses for whole replays."""
+    return LM.encode_states([ps])
 
 
 class MeleeAgent:
-    """Plays a trained ``MeleeModel`` through libmelee, one frame at a time.
+    """Plays a trained Melee run through libmelee, one frame at a time, on :class:`recurl.Agent` (torch or
+    ONNX backend).
+
+    Timing, the training alignment exactly (``recurl.melee.dataset``): the ``GameState`` of frame ``t``
+    arrives after frame ``t`` ran. The agent feeds it with its own previous decision as
+    ``prev_controller``, and the decision is the controller of frame ``t + D``; what it presses now is
+    frame ``t + 1``'s controller, the decision made ``D - 1`` frames ago (neutral for the first ``D - 1``
+    frames of a game).
 
     Args:
-        model: the trained model (``train.load_checkpoint``).
-        delay: the reaction delay ``D`` it was trained with (``config["delay"]``).
+        model: a run directory of ``recurl melee train`` or a loaded :class:`recurl.algos.melee.MeleeImitation`.
         port, opponent_port: libmelee controller ports (1-4) of the agent and its opponent.
-        controller: a connected ``melee.Controller`` for ``port`` (``None``: only compute the action).
-        greedy: argmax instead of sampling.
+        controller: a connected ``melee.Controller`` for ``port`` (``None``: only compute the controller).
+        deterministic: the greedy chain of the head (each component's argmax) instead of sampling.
+        backend: ``"torch"`` or ``"onnx"`` (the exported graph under ONNX Runtime, the fast one: sampling
+            runs the stochastic graph, fed noise drawn from ``seed``).
+        seed: seed of the onnx backend's sampling noise.
     """
 
-    def __init__(self, model: MeleeModel, delay: int, port: int, opponent_port: int, controller: Any = None,
-                 greedy: bool = False) -> None:
-        self.model, self.delay, self.port, self.opp = model.eval(), delay, port, opponent_port
-        self.controller, self.greedy = controller, greedy
+    def __init__(self, model: Any, port: int, opponent_port: int, controller: Any = None,
+                 deterministic: bool = False, backend: str = "torch", seed: int | None = None) -> None:
+        model = load_model(model, device="cpu") if isinstance(model, str | Path) else model
+        if model.observation_space != D.OBSERVATION_SPACE or model.action_space != D.ACTION_SPACE:
+            raise RecurlError("MeleeAgent plays a model trained by `recurl melee train` (Melee's observation and "
+                              "controller spaces)")
+        self.agent = Agent(model, deterministic=deterministic, backend=backend, seed=seed)
+        self.delay = int(model.action_delay)
+        self.port, self.opp, self.controller = port, opponent_port, controller
         self.reset()
 
     def reset(self) -> None:
-        """Forget the game: empty frame history, zero recurrent state, neutral last controller."""
-        self.frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.delay)
-        self.state = self.model.initial_state(1)
+        """Forget the game: zero recurrent state, neutral controller, empty queue."""
+        self.state = self.agent.initial_state(1)
         self.first = True
-        self.last = {"buttons": np.zeros((1, F.NUM_BUTTONS), np.uint8),
-                     "main": np.array([F.MAIN_NEUTRAL], np.int16),
-                     "cstick": np.zeros(1, np.uint8), "shoulder": np.zeros(1, np.uint8)}
+        self.chosen = NEUTRAL.copy()
+        self.queue = ActionQueue(D.ACTION_SPACE, 1, self.delay - 1, default=NEUTRAL)
 
-    def step(self, gamestate: Any) -> dict[str, np.ndarray]:
-        """Observe frame ``t`` and choose frame ``t + 1``'s controller. Returns the controller classes it
-        pressed (neutral during the first ``D - 1`` frames of a game, before frame ``t + 1 - D`` exists)."""
-        me, opp = gamestate.players[self.port], gamestate.players[self.opp]
-        frame = {f"p0_{k}": v for k, v in player_arrays(me).items()}
-        frame.update({f"p1_{k}": v for k, v in player_arrays(opp).items()})
-        for k, v in self.last.items():  # frame t ran with what we pressed last step: use it, not the echo
-            frame[f"p0_{k}"] = v
-        frame["frame"] = np.asarray([gamestate.frame], np.int32)
-        frame["stage"] = np.asarray(stage_index(gamestate.stage), np.int16)
-        self.frames.append(frame)
-        if len(self.frames) < self.delay:
-            return self._press(self.last)
-        # frames t+1-D .. t, plus frame t again as the placeholder row for t + 1 (its target is unused)
-        rows = [*self.frames, frame]
-        window = {k: np.concatenate([f[k] for f in rows]) if k != "stage" else frame["stage"] for k in frame}
-        seq = make_sequence(window, 0, 1, self.delay)  # one row: state t + 1 - D, own controller t
-        obs = to_torch(seq)
-        is_first = torch.tensor([self.first])
-        ctrl, self.state = self.model.act(obs, self.state, is_first, greedy=self.greedy)
+    def observation(self, gamestate: Any) -> dict[str, np.ndarray]:
+        """The model's input for frame ``gamestate.frame`` (``OBSERVATION_SPACE``, unbatched)."""
+        floats, action, character, nana = LM.encode_bodies([gamestate.players[self.port],
+                                                            gamestate.players[self.opp]])
+        return {
+            "action": action.astype(np.int64), "character": character.astype(np.int64),
+            "stage": np.int64(stage_index(gamestate.stage)),
+            "floats": np.concatenate([floats[0], floats[1], nana[0], nana[1]]),
+            "prev_controller": self.chosen.astype(np.int64),
+        }
+
+    def step(self, gamestate: Any) -> np.ndarray:
+        """Observe frame ``t``; press (and return) frame ``t + 1``'s controller, ``[8]`` in ``ACTION_SPACE``'s
+        layout (buttons A, B, JUMP, Z, SHIELD; main, c-stick, shoulder classes)."""
+        first = np.array([self.first])
+        chosen, self.state = self.agent.act(self.observation(gamestate), self.state, first)
         self.first = False
-        action = {"buttons": ctrl["buttons"].numpy().astype(np.uint8),
-                  "main": ctrl["main"].numpy().astype(np.int16),
-                  "cstick": ctrl["cstick"].numpy().astype(np.uint8),
-                  "shoulder": ctrl["shoulder"].numpy().astype(np.uint8)}
-        return self._press(action)
+        self.chosen = np.asarray(chosen)
+        return self._press(self.queue(self.chosen[None], first)[0])
 
-    def _press(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Remember ``action`` as the last controller and write it to the libmelee controller."""
-        self.last = action
+    def _press(self, action: np.ndarray) -> np.ndarray:
+        """Write the controller ``action[8]`` to the libmelee controller (if any); returns it."""
         if self.controller is None:
             return action
         import melee
 
         c = self.controller
-        pressed = dict(zip(F.BUTTON_NAMES, action["buttons"][0].astype(bool), strict=True))
-        for name, button in (("A", "BUTTON_A"), ("B", "BUTTON_B"), ("JUMP", "BUTTON_X"), ("Z", "BUTTON_Z"),
-                             ("SHIELD", "BUTTON_R")):
-            (c.press_button if pressed[name] else c.release_button)(getattr(melee.Button, button))
-        mx, my = F.main_values(action["main"])
-        cx, cy = F.cstick_values(action["cstick"])
+        for pressed, button in zip(action[:F.NUM_BUTTONS], ("BUTTON_A", "BUTTON_B", "BUTTON_X", "BUTTON_Z", "BUTTON_R"),
+                                   strict=True):
+            (c.press_button if pressed else c.release_button)(getattr(melee.Button, button))
+        mx, my = F.main_values(action[D.MAIN : D.MAIN + 1])
+        cx, cy = F.cstick_values(action[D.CSTICK : D.CSTICK + 1])
         # libmelee sticks take 0..1 with 0.5 neutral
         c.tilt_analog(melee.Button.BUTTON_MAIN, float(mx[0]) / 2 + 0.5, float(my[0]) / 2 + 0.5)
         c.tilt_analog(melee.Button.BUTTON_C, float(cx[0]) / 2 + 0.5, float(cy[0]) / 2 + 0.5)
-        c.press_shoulder(melee.Button.BUTTON_L, F.SHOULDER_VALUES[int(action["shoulder"][0])])
+        c.press_shoulder(melee.Button.BUTTON_L, F.SHOULDER_VALUES[int(action[D.SHOULDER])])
         return action

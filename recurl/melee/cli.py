@@ -1,7 +1,10 @@
-"""``recurl melee prepare | train | eval``: the command line of the Melee pipeline.
+"""``recurl melee prepare | train | eval``: thin front-ends of the Melee pipeline.
 
-Every user error (missing directory, no games after filtering, corrupt checkpoint, bad option) prints one
-``recurl: error: ...`` line on stderr and returns a non-zero code, never a traceback.
+``train`` is ``recurl train --algo melee`` (the same flags: ``--dataset``, ``--character``, ``--run-dir``,
+``--core``, ``--max-epochs``, ...; ``recurl melee train --help`` lists them) followed by the same training
+with ``--core none`` into ``RUN/memoryless``, the baseline that shows what memory adds (skip it with
+``--no-memoryless``), and the held-out report. Every user error prints one ``recurl: error: ...`` line on
+stderr and returns a non-zero code, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,15 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-from recurl.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Check, check_value
 from recurl.errors import RecurlError
-from recurl.melee.features import CSS_CHARACTERS
-from recurl.nn.recurrent import CORE_KINDS
-
-#: ``melee train``'s numeric options and their ranges, checked before the dataset is read
-TRAIN_RANGES: dict[str, Check] = {"delay": AT_LEAST_1, "seq_len": AT_LEAST_1, "batch": AT_LEAST_1,
-                                  "steps": AT_LEAST_1, "hidden": AT_LEAST_1, "lr": POSITIVE, "seed": AT_LEAST_0}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,70 +28,94 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("--character", action="append", help="keep games with this character (repeatable)")
     pp.add_argument("--opponent", action="append", help="...against this opponent (repeatable)")
     pp.add_argument("--ruleset", choices=("tournament", "any"), default="tournament")
+    pp.add_argument("--reader", choices=("auto", "peppi", "libmelee"), default="auto",
+                    help="auto: peppi-py, falling back to libmelee for files peppi-py cannot read")
     pp.add_argument("--quiet", action="store_true", help="no progress bar")
-    pt = sub.add_parser("train", help="train a recurrent imitation policy (and a memoryless baseline)")
-    pt.add_argument("--data", required=True)
-    pt.add_argument("--out", required=True)
-    pt.add_argument("--character", default="FOX", help=f"one of {', '.join(CSS_CHARACTERS)}, or ALL")
-    pt.add_argument("--core", choices=CORE_KINDS, default="lstm")
-    pt.add_argument("--delay", type=int, default=18, help="reaction delay in frames (>= 1)")
-    pt.add_argument("--seq-len", type=int, default=64)
-    pt.add_argument("--batch", type=int, default=16)
-    pt.add_argument("--steps", type=int, default=300)
-    pt.add_argument("--hidden", type=int, default=256)
-    pt.add_argument("--lr", type=float, default=1e-3)
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--no-memoryless", action="store_true", help="skip the core=none baseline")
-    pt.add_argument("--quiet", action="store_true")
-    pe = sub.add_parser("eval", help="held-out NLL/accuracy of a run against baselines")
+    sub.add_parser("train", add_help=False,
+                   help="train a character's policy and its memoryless baseline (recurl train --algo melee's flags)")
+    pe = sub.add_parser("eval", help="NLL/accuracy of a run on unseen games against the baselines")
     pe.add_argument("run_dir")
-    pe.add_argument("--data", required=True)
+    pe.add_argument("--dataset", "--data", dest="dataset", default=None,
+                    help="a prepared dataset (default: the run's own; its unseen games are scored)")
+    pe.add_argument("--no-games", action="store_true", help="totals only, no per-game rows")
     pe.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
 def melee_main(argv: list[str]) -> int:
     """Run ``recurl melee ...`` with ``argv`` (the words after ``melee``); returns the exit code."""
+    if argv[:1] == ["train"]:
+        return _guard(lambda: _train(argv[1:]))
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse already printed usage and a one-line error (or --help)
         return int(e.code or 0)
-    # Each branch imports its command's module itself (the command-line exemption of tests/test_layers.py):
-    # --help and option errors answer before torch and the optional Melee packages are loaded.
+    if args.cmd == "prepare":
+        return _guard(lambda: _prepare(args))
+    return _guard(lambda: _eval(args.run_dir, args.dataset, args.json, not args.no_games))
+
+
+def _guard(fn: Callable[[], int]) -> int:
     try:
-        if args.cmd == "prepare":
-            from recurl.melee.prepare import prepare
-
-            report = prepare(args.replay_dir, args.out_dir, characters=args.character,
-                             opponents=args.opponent, ruleset=args.ruleset, progress=not args.quiet)
-            print("\n".join(report.lines()))
-            if not report.games:
-                print("recurl: error: no games left after filtering", file=sys.stderr)
-                return 1
-        elif args.cmd == "train":
-            from recurl.melee.train import train
-
-            for name, check in TRAIN_RANGES.items():
-                check_value(name, getattr(args, name), check)
-            config = train(args.data, args.out, character=args.character, core=args.core, delay=args.delay,
-                           seq_len=args.seq_len, batch=args.batch, steps=args.steps, seed=args.seed,
-                           hidden=args.hidden, lr=args.lr, memoryless=not args.no_memoryless,
-                           progress=not args.quiet)
-            print(f"character: {config['character_note']}")
-            print(f"train games: {', '.join(config['train_games'])}; "
-                  f"held out: {', '.join(config['heldout_games'])}")
-            for kind in (args.core, "none"):
-                if f"train_{kind}" in config:
-                    fit = config[f"train_{kind}"]
-                    print(f"{kind}: final train nll {fit['nll/total']:.3f}, "
-                          f"{fit['frames_per_s']:,.0f} frames/s")
-            print(f"saved to {args.out}")
-        else:
-            from recurl.melee.train import evaluate, format_report
-
-            report = evaluate(args.run_dir, args.data)
-            print(json.dumps(report, indent=1) if args.json else format_report(report))
+        return int(fn())
     except (RecurlError, ValueError, OSError) as e:
         print(f"recurl: error: {e}", file=sys.stderr)
         return 1
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    # Each command imports its modules itself (the command-line exemption of tests/test_layers.py):
+    # --help and option errors answer before torch and the optional Melee packages are loaded.
+    from recurl.melee.prepare import prepare
+
+    report = prepare(args.replay_dir, args.out_dir, characters=args.character, opponents=args.opponent,
+                     ruleset=args.ruleset, reader=args.reader, progress=not args.quiet)
+    print("\n".join(report.lines()))
+    if not report.games:
+        raise RecurlError("no games left after filtering")
+    return 0
+
+
+def _train(argv: list[str]) -> int:
+    """``recurl train --algo melee ARGV``, then the memoryless sibling, then the report."""
+    from recurl.algos.melee import MeleeImitation, with_policy
+    from recurl.cli import cmd_train
+    from recurl.melee.evaluate import MEMORYLESS, load_run
+    from recurl.runs import finish_run
+
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--no-memoryless", action="store_true")
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--quiet", action="store_true")
+    own, rest = p.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print("recurl melee train: `recurl train --algo melee` (flags below), then the same with --core none into "
+              "RUN/memoryless (--no-memoryless skips it), then the held-out report.\n")
+        return cmd_train(["--algo", "melee", *rest])
+    run = own.resume or own.run_dir or f"runs/melee__{time.strftime('%Y%m%d-%H%M%S')}"
+    quiet = ["--quiet"] if own.quiet else []
+    code = cmd_train(["--resume", run, *quiet, *rest] if own.resume else
+                     ["--algo", "melee", "--run-dir", run, *quiet, *rest])
+    if code:
+        return code
+    sibling = Path(run) / MEMORYLESS
+    if not own.no_memoryless and not (sibling / "summary.json").is_file():
+        t0 = time.perf_counter()
+        if (sibling / "trainer.pt").is_file():  # a killed memoryless run continues
+            model = MeleeImitation.resume(sibling, progress=not own.quiet)
+        else:
+            cfg = with_policy(load_run(run).config, core="none")
+            print(f"training the memoryless baseline -> {sibling}", file=sys.stderr)
+            model = MeleeImitation(config=cfg)
+            model.learn(run_dir=sibling, progress_bar=not own.quiet)
+        finish_run(model, sibling, time.perf_counter() - t0, 0)
+    return _eval(run, None, False, per_game=False)
+
+
+def _eval(run_dir: str, dataset: str | None, as_json: bool, per_game: bool) -> int:
+    from recurl.melee.evaluate import evaluate_run, format_report
+
+    report = evaluate_run(run_dir, dataset)
+    print(json.dumps(report, indent=1) if as_json else format_report(report, per_game))
     return 0

@@ -125,30 +125,32 @@ def character_name(css_id: int) -> str:
     return CSS_CHARACTERS[css_id] if 0 <= css_id < len(CSS_CHARACTERS) else f"UNKNOWN_{css_id}"
 
 
+_RAW_KEYS: tuple[str, ...] = tuple(RAW_DEFAULTS)
+_RAW_DEFAULT = np.array([RAW_DEFAULTS[k] for k in _RAW_KEYS], np.float32)
+_SPEC_COLUMNS = [_RAW_KEYS.index(key) for key, _, _, _ in FLOAT_SPECS.values()]
+_SCALE = np.array([scale for _, scale, _, _ in FLOAT_SPECS.values()], np.float32)
+_LO = np.array([lo for _, _, lo, _ in FLOAT_SPECS.values()], np.float32)
+_HI = np.array([hi for _, _, _, hi in FLOAT_SPECS.values()], np.float32)
+
+
 def encode_player(raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode one player's raw arrays (each ``[N]``, keys of :data:`RAW_DEFAULTS`).
 
-    Returns ``(floats[N, NUM_FLOATS] float32, action[N] int16, character[N] uint8)``.
+    Returns ``(floats[N, NUM_FLOATS] float32, action[N] int16, character[N] uint8)``. Vectorised over
+    the fields (the live agent calls it every frame: a handful of numpy calls, not one per field).
     """
-    def col(key: str) -> np.ndarray:
-        v = np.asarray(raw[key], dtype=np.float32)
-        return np.where(np.isfinite(v), v, np.float32(RAW_DEFAULTS[key]))
-
-    derived = {
-        "direction": np.where(col("direction") > 0, 1.0, -1.0),
-        "airborne": (col("airborne") == 0).astype(np.float32),  # on_ground = not airborne
-        "hurtbox": (col("hurtbox") != 0).astype(np.float32),
-        # whole frames, truncated towards zero as the game (and libmelee) reads them
-        "hitlag": np.trunc(col("hitlag")),
-        "misc_as": np.trunc(col("misc_as")),
-    }
-    cols = []
-    for key, scale, lo, hi in FLOAT_SPECS.values():
-        v = derived[key] if key in derived else col(key)
-        cols.append(np.clip(v.astype(np.float32) * np.float32(scale), lo, hi))
-    floats = np.stack(cols, axis=-1).astype(np.float32)
-    action = np.clip(col("action"), 0, NUM_ACTIONS - 1).astype(np.int16)
-    character = np.clip(col("character"), 0, NUM_CHARACTERS - 1).astype(np.uint8)
+    m = np.stack([np.asarray(raw[k], dtype=np.float32) for k in _RAW_KEYS], -1)
+    m = np.where(np.isfinite(m), m, _RAW_DEFAULT)  # a field a replay lacks (NaN) takes its default
+    col = {k: m[..., i] for i, k in enumerate(_RAW_KEYS)}
+    m[..., _RAW_KEYS.index("direction")] = np.where(col["direction"] > 0, 1.0, -1.0)
+    m[..., _RAW_KEYS.index("airborne")] = col["airborne"] == 0  # on_ground = not airborne
+    m[..., _RAW_KEYS.index("hurtbox")] = col["hurtbox"] != 0
+    # whole frames, truncated towards zero as the game (and libmelee) reads them
+    for k in ("hitlag", "misc_as"):
+        m[..., _RAW_KEYS.index(k)] = np.trunc(col[k])
+    floats = np.clip(m[..., _SPEC_COLUMNS] * _SCALE, _LO, _HI)
+    action = np.clip(col["action"], 0, NUM_ACTIONS - 1).astype(np.int16)
+    character = np.clip(col["character"], 0, NUM_CHARACTERS - 1).astype(np.uint8)
     return floats, action, character
 
 
@@ -234,21 +236,6 @@ def mirror_floats(floats: np.ndarray) -> np.ndarray:
     """Negate the x-like columns (x, facing, x velocities) of ``floats[..., NUM_FLOATS]``; returns a copy."""
     out = np.array(floats, copy=True)
     out[..., list(MIRROR_COLUMNS)] *= -1
-    return out
-
-
-def mirror(seq: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Left/right mirror of a sequence dict (``train.make_sequence`` keys); an involution.
-
-    Flips x positions, facing and x velocities in every player block of ``floats``, the main-stick x bucket
-    and the c-stick left/right, for both the targets and the previous-controller inputs.
-    """
-    out = dict(seq)
-    out["floats"] = mirror_obs_floats(seq["floats"])
-    for key in ("main", "prev_main"):
-        out[key] = mirror_main(seq[key])
-    for key in ("cstick", "prev_cstick"):
-        out[key] = mirror_cstick(seq[key])
     return out
 
 

@@ -1,7 +1,10 @@
-"""Action heads: Discrete (categorical), MultiDiscrete (independent categoricals), Box (diagonal Gaussian).
+"""Action heads: Discrete (categorical), MultiDiscrete (independent categoricals, or a chain of them),
+Box (diagonal Gaussian).
 
 A head maps features ``[..., H]`` to a :class:`ActionDist` over actions ``[...]`` (Discrete),
-``[..., n]`` (MultiDiscrete) or ``[..., d]`` (Box).
+``[..., n]`` (MultiDiscrete) or ``[..., d]`` (Box). :class:`AutoregressiveHead` gives MultiDiscrete
+actions whose components depend on each other (a game controller: which stick direction goes with a
+button): component ``i`` is drawn from ``p(a_i | h, a_0 .. a_{i-1})``.
 
 Action masking (discrete heads): a bool ``mask[..., n]`` (MultiDiscrete: the components' masks
 concatenated, sb3-contrib's convention) marks the valid actions. Invalid logits are set to
@@ -11,6 +14,8 @@ relative probabilities.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +32,14 @@ MASKED_LOGIT = -1e8
 def apply_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``logits[..., n]`` with the entries where ``mask[..., n]`` is false replaced by :data:`MASKED_LOGIT`."""
     return logits if mask is None else logits.masked_fill(~mask.to(torch.bool), MASKED_LOGIT)
+
+
+def inverse_cdf(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The category ``[...]`` whose cumulative probability first exceeds ``u[...]`` in ``[0, 1)``, for the
+    log-probabilities ``logp[..., n]``: a sample of the categorical when ``u ~ U(0, 1)``. Plain cumsum and
+    compare, so an exported graph can sample from noise it is given."""
+    below = torch.cumsum(logp.exp(), -1) < u.unsqueeze(-1)
+    return below.long().sum(-1).clamp(max=logp.shape[-1] - 1)
 
 
 class ActionDist:
@@ -50,6 +63,15 @@ class ActionDist:
             return torch.stack([torch.multinomial(lg.exp().reshape(-1, lg.shape[-1]), 1).view(lg.shape[:-1])
                                 for lg in self.logits_list], -1)
         return self.params + torch.randn_like(self.params) * self.log_std.exp()
+
+    def sample_with(self, u: torch.Tensor) -> torch.Tensor:
+        """A sample driven by given noise ``u[..., k]`` (:func:`noise_width`): ``U(0, 1)`` per component for
+        discrete actions (inverse CDF), standard normal per dimension for a Box."""
+        if self.kind == "categorical":
+            return inverse_cdf(self.logits, u[..., 0])
+        if self.kind == "multi":
+            return torch.stack([inverse_cdf(lg, u[..., i]) for i, lg in enumerate(self.logits_list)], -1)
+        return self.params + u * self.log_std.exp()
 
     def mode(self) -> torch.Tensor:
         if self.kind == "categorical":
@@ -120,3 +142,120 @@ class ActionHead(nn.Module):
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> ActionDist:
         """``h[..., H]`` (and the valid-action ``mask[..., n]``, discrete heads) -> the distribution."""
         return ActionDist(self.kind, self.linear(h), self.log_std, self.splits, mask)
+
+
+class AutoregressiveDist:
+    """A chain of categoricals over MultiDiscrete actions ``[..., k]``: ``p(a) = prod_i p(a_i | h, a_<i)``.
+
+    ``log_prob(a)`` is teacher-forced (every conditional reads the given earlier components) and is exact.
+    ``sample`` and ``mode`` draw the components in order (``mode`` is the greedy chain, the argmax of each
+    conditional given the earlier argmaxes, not the joint argmax). ``entropy`` and ``kl`` have no closed
+    form: they are the sums of the conditionals' entropies (KLs) along one sample of this distribution, an
+    unbiased one-sample estimate of the joint entropy (KL), with gradients through the conditionals.
+    """
+
+    kind = "autoregressive"
+
+    def __init__(self, head: AutoregressiveHead, h: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        self.head, self.h = head, h
+        self._greedy_chain: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self.masks = None if mask is None else list(mask.to(torch.bool).split(head.nvec, dim=-1))
+
+    def conditional(self, i: int, prefix: list[torch.Tensor]) -> torch.Tensor:
+        """Log-probabilities ``[..., n_i]`` of component ``i`` given the earlier components ``prefix``."""
+        logits = self.head.logits(i, self.h, prefix)
+        return torch.log_softmax(apply_mask(logits, None if self.masks is None else self.masks[i]), -1)
+
+    def _chain(self, pick: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Draw the components in order with ``pick(i, log_probs) -> [...]``; returns the action and the
+        conditionals along it."""
+        prefix: list[torch.Tensor] = []
+        conds = []
+        for i in range(len(self.head.nvec)):
+            lp = self.conditional(i, prefix)
+            conds.append(lp)
+            prefix.append(pick(i, lp))
+        return torch.stack(prefix, -1), conds
+
+    def sample(self) -> torch.Tensor:
+        def draw(_: int, lp: torch.Tensor) -> torch.Tensor:
+            return torch.multinomial(lp.detach().exp().reshape(-1, lp.shape[-1]), 1).view(lp.shape[:-1])
+
+        return self._chain(draw)[0]
+
+    def sample_with(self, u: torch.Tensor) -> torch.Tensor:
+        """A sample driven by given noise ``u[..., k]``, ``U(0, 1)`` per component (inverse CDF of each
+        conditional in turn)."""
+        return self._chain(lambda i, lp: inverse_cdf(lp, u[..., i]))[0]
+
+    def _greedy(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self._greedy_chain is None:  # once: the mode and the exported logits share it
+            self._greedy_chain = self._chain(lambda _, lp: lp.argmax(-1))
+        return self._greedy_chain
+
+    def mode(self) -> torch.Tensor:
+        return self._greedy()[0]
+
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """For the ONNX graph: the conditionals' log-probabilities along the greedy chain, concatenated
+        ``[B, sum(nvec)]``."""
+        return {"logits": torch.cat(self._greedy()[1], -1)}
+
+    def forced(self, a: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced conditionals: component ``i``'s log-probabilities ``[..., n_i]`` given ``a[..., :i]``."""
+        prefix = [a[..., i].long() for i in range(a.shape[-1])]
+        return [self.conditional(i, prefix[:i]) for i in range(len(self.head.nvec))]
+
+    def log_prob(self, a: torch.Tensor) -> torch.Tensor:
+        return sum(lp.gather(-1, a[..., i].long().unsqueeze(-1)).squeeze(-1) for i, lp in enumerate(self.forced(a)))
+
+    def entropy(self) -> torch.Tensor:
+        with torch.no_grad():
+            a = self.sample()
+        return sum(-(lp.exp() * lp).sum(-1) for lp in self.forced(a))
+
+    def kl(self, other: AutoregressiveDist) -> torch.Tensor:
+        """One-sample estimate of ``KL(self || other)`` per sample, ``[...]``."""
+        with torch.no_grad():
+            a = self.sample()
+        return sum((p.exp() * (p - q)).sum(-1) for p, q in zip(self.forced(a), other.forced(a), strict=True))
+
+
+class AutoregressiveHead(nn.Module):
+    """MultiDiscrete actions as a chain: component ``i``'s logits are ``MLP_i([h, e_0(a_0) .. e_{i-1}(a_{i-1})])``.
+
+    Args:
+        space: a 1-D ``MultiDiscrete`` with ``k`` components.
+        in_dim: H, the width of the features.
+        embed_dim: width of each earlier component's embedding.
+        hidden: hidden width of each component's MLP.
+    """
+
+    def __init__(self, space: gym.Space, in_dim: int, embed_dim: int = 16, hidden: int = 128) -> None:
+        super().__init__()
+        if not (isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1):
+            raise RecurlError(f"an autoregressive head needs a 1-D MultiDiscrete action space, not {space}")
+        self.nvec = [int(n) for n in space.nvec]
+        self.embeds = nn.ModuleList([nn.Embedding(n, embed_dim) for n in self.nvec[:-1]])
+        self.nets = nn.ModuleList([
+            nn.Sequential(nn.Linear(in_dim + i * embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, n))
+            for i, n in enumerate(self.nvec)])
+
+    def logits(self, i: int, h: torch.Tensor, prefix: list[torch.Tensor]) -> torch.Tensor:
+        """Unnormalised logits ``[..., n_i]`` of component ``i`` from ``h[..., H]`` and ``prefix`` (``i`` long
+        tensors ``[...]``, the earlier components)."""
+        x = torch.cat([h, *(self.embeds[j](a) for j, a in enumerate(prefix[:i]))], -1) if i else h
+        return self.nets[i](x)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> AutoregressiveDist:
+        return AutoregressiveDist(self, h, mask)
+
+
+def noise_width(space: gym.Space) -> int:
+    """Noise values one sample of a ``space`` action takes (:meth:`ActionDist.sample_with`): 1 for Discrete,
+    one per component of a MultiDiscrete, one per dimension of a Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        return 1
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return len(space.nvec)
+    return int(np.prod(space.shape))

@@ -16,11 +16,14 @@ import gymnasium as gym
 import torch
 from torch import nn
 
-from recurl.config import AT_LEAST_1, OneOf, Ranges, check_config
+from recurl.config import AT_LEAST_1, OneOf, Ranges, check_config, check_value
+from recurl.errors import RecurlError
 from recurl.nn.encoders import Obs, ObsEncoder, RunningNorm, is_normalisable, mlp
-from recurl.nn.heads import ActionDist, ActionHead
+from recurl.nn.heads import ActionDist, ActionHead, AutoregressiveDist, AutoregressiveHead
 from recurl.nn.recurrent import CORE_KINDS, State, make_core
 
+Dist = ActionDist | AutoregressiveDist
+"""What a policy's head returns: sample, mode, log_prob, entropy, kl, outputs."""
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
@@ -71,6 +74,22 @@ class PolicyConfig(NetworkConfig):
     """Orthogonal init of linear layers (gain sqrt(2) hidden, 0.01 policy head, 1 value head). None: the
     algorithm's default, true for PPO, false for behaviour cloning (a 0.01 head starves a clone's core of
     gradient, and it settles on the memoryless solution: docs/imitation.md)."""
+    residual: bool = False
+    """Add the core's input to its output (slippi-ai's residual recurrent block), so the memoryless path
+    through the network is free and the core learns what memory adds; needs the last encoder_hidden size
+    to equal hidden_size."""
+    autoregressive: bool = False
+    """MultiDiscrete actions only: draw component i conditioned on components 0..i-1 (a chain of
+    categoricals, as a game controller needs) instead of independently."""
+    autoregressive_hidden: int = 128
+    """Hidden width of each component's MLP in the autoregressive head."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_value("autoregressive_hidden", self.autoregressive_hidden, AT_LEAST_1)
+        if self.residual and (self.encoder_hidden[-1:] or (None,))[0] != self.hidden_size:
+            raise RecurlError(f"residual=True adds the core's input to its output: the last encoder_hidden size "
+                              f"({list(self.encoder_hidden)}) must equal hidden_size ({self.hidden_size})")
 
 
 class ActorCriticState(NamedTuple):
@@ -94,16 +113,19 @@ class _Tower(nn.Module):
         self.core = make_core(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers, cfg.forget_bias)
         self.mlp = mlp([cfg.hidden_size, *cfg.head_hidden], act)
         self.out_dim = cfg.head_hidden[-1] if cfg.head_hidden else cfg.hidden_size
+        self.residual = cfg.residual
 
     def unroll(
         self, obs: Obs, state: State, is_first: torch.Tensor, return_state: bool = True
     ) -> tuple[torch.Tensor, State]:
-        y, state = self.core.unroll(self.encoder(obs), state, is_first, return_state)
-        return self.mlp(y), state
+        x = self.encoder(obs)
+        y, state = self.core.unroll(x, state, is_first, return_state)
+        return self.mlp(y + x if self.residual else y), state
 
     def step(self, obs: Obs, state: State, is_first: torch.Tensor | None) -> tuple[torch.Tensor, State]:
-        y, state = self.core.step(self.encoder(obs), state, is_first)
-        return self.mlp(y), state
+        x = self.encoder(obs)
+        y, state = self.core.step(x, state, is_first)
+        return self.mlp(y + x if self.residual else y), state
 
 
 class RecurrentPolicy(nn.Module):
@@ -126,7 +148,10 @@ class RecurrentPolicy(nn.Module):
                     self.norms[key or "obs"] = RunningNorm(tuple(space.shape))
         self.actor = _Tower(obs_space, cfg)
         self.critic = None if cfg.shared_core else _Tower(obs_space, cfg)
-        self.pi = ActionHead(action_space, self.actor.out_dim, 0.01 if cfg.ortho_init is not False else None)
+        self.pi: ActionHead | AutoregressiveHead = (
+            AutoregressiveHead(action_space, self.actor.out_dim, cfg.embed_dim, cfg.autoregressive_hidden)
+            if cfg.autoregressive else
+            ActionHead(action_space, self.actor.out_dim, 0.01 if cfg.ortho_init is not False else None))
         self.v = nn.Linear((self.critic or self.actor).out_dim, 1)
         if cfg.ortho_init is not False:  # None (unresolved, a bare policy) keeps PPO's init
             for m in [*self.actor.encoder.modules(), *self.actor.mlp.modules(),
@@ -175,7 +200,7 @@ class RecurrentPolicy(nn.Module):
     def unroll(
         self, obs: Obs, state: ActorCriticState, is_first: torch.Tensor, return_state: bool = True,
         mask: torch.Tensor | None = None,
-    ) -> tuple[ActionDist, torch.Tensor, ActorCriticState]:
+    ) -> tuple[Dist, torch.Tensor, ActorCriticState]:
         """``obs[T, B, ...]``, ``is_first[T, B]`` (and the valid-action ``mask[T, B, n]``) -> (action
         distribution over ``[T, B]``, value ``[T, B]``, state after the last step; empty parts when
         ``return_state`` is false)."""
@@ -187,7 +212,7 @@ class RecurrentPolicy(nn.Module):
         return self.pi(h_pi, mask), self.v(h_v).squeeze(-1), ActorCriticState(a_state, c_state)
 
     def step(self, obs: Obs, state: ActorCriticState, is_first: torch.Tensor | None,
-             mask: torch.Tensor | None = None) -> tuple[ActionDist, torch.Tensor, ActorCriticState]:
+             mask: torch.Tensor | None = None) -> tuple[Dist, torch.Tensor, ActorCriticState]:
         """One step: ``obs[B, ...]``, ``is_first[B]`` (and ``mask[B, n]``) -> (distribution over ``[B]``,
         value ``[B]``, state)."""
         obs = self.normalize(obs)
@@ -198,7 +223,7 @@ class RecurrentPolicy(nn.Module):
         return self.pi(h_pi, mask), self.v(h_v).squeeze(-1), ActorCriticState(a_state, c_state)
 
     def act(self, obs: Obs, state: State, is_first: torch.Tensor | None,
-            mask: torch.Tensor | None = None) -> tuple[ActionDist, State]:
+            mask: torch.Tensor | None = None) -> tuple[Dist, State]:
         """Acting only: one step of the actor. ``obs[B, ...]``, the actor's state (from
         :meth:`initial_act_state`), ``is_first[B]`` (or ``None``), the valid-action ``mask[B, n]`` (or
         ``None``) -> (distribution over ``[B]``, state).

@@ -1,0 +1,88 @@
+"""Regenerate the Melee results of docs/melee.md: pooled and per-character models on the shared corpus.
+
+Usage: python bench/melee_results.py [--out DIR] [--seed 0] [--characters ALL FOX FALCO CAPTAIN_FALCON MARTH]
+
+1. prepares ../shared/data/slp-corpus (36 real 1v1 games) with ``--ruleset any`` into OUT/data;
+2. runs ``recurl melee train --dataset OUT/data --character C --seed S`` for each character with the
+   default recipe (plus its memoryless baseline) into OUT/<C>-s<S>; a finished run is kept, a killed one
+   resumes;
+3. scores every run on its test games (unseen by every run of this seed: the test games are drawn from the
+   whole dataset) against the memoryless model, majority and repeat-previous, and each character's own
+   model against the pooled one on that character's test games;
+4. writes OUT/results.json and OUT/results.md (the tables of docs/melee.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from recurl.algos.melee import evaluate
+from recurl.melee.cli import melee_main
+from recurl.melee.evaluate import MEMORYLESS, evaluate_run, format_report, load_run
+from recurl.melee.prepare import prepare
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CHARACTERS = ("ALL", "FOX", "FALCO", "CAPTAIN_FALCON", "MARTH")
+
+
+def train(data: Path, run: Path, character: str, seed: int) -> float:
+    """Train (or resume, or keep) one run and its memoryless sibling; returns the training seconds."""
+    if not (run / MEMORYLESS / "summary.json").is_file():
+        # a killed run (or its killed memoryless sibling) continues from its last checkpoint
+        argv = (["--resume", str(run)] if (run / "trainer.pt").is_file() else
+                ["--dataset", str(data), "--character", character, "--seed", str(seed), "--run-dir", str(run)])
+        if melee_main(["train", *argv, "--quiet"]) != 0:
+            raise SystemExit(f"training {character} failed")
+    return sum(json.loads((d / "summary.json").read_text())["wall_time_s"] for d in (run, run / MEMORYLESS))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="melee_results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--characters", nargs="+", default=list(CHARACTERS))
+    p.add_argument("--replays", default=str(SHARED / "slp-corpus"))
+    args = p.parse_args()
+    out = Path(args.out)
+    data = out / "data"
+    if not (data / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        report = prepare(args.replays, data, ruleset="any", progress=False)
+        print(f"prepared {len(report.games)} games, {report.frames} frames in {time.perf_counter() - t0:.1f}s")
+    results: dict = {"seed": args.seed, "runs": {}, "versus_pooled": {}}
+    md = [f"Seed {args.seed}; dataset {args.replays} prepared with --ruleset any; default recipe.", ""]
+    for character in args.characters:
+        run = out / f"{character}-s{args.seed}"
+        seconds = train(data, run, character, args.seed)
+        report = evaluate_run(run)
+        results["runs"][character] = report | {"train_seconds": seconds}
+        md += [f"### {character}", "", format_report(report), "",
+               f"training time (model + memoryless baseline): {seconds:.0f} s", ""]
+    pooled = out / f"ALL-s{args.seed}"
+    if pooled.is_dir():
+        models = {"pooled (lstm)": load_run(pooled), "pooled memoryless": load_run(pooled / MEMORYLESS)}
+        md += ["### character-specific vs pooled, on each character's test games", "",
+               "| character | test frames | own (lstm) | own memoryless | pooled (lstm) | pooled memoryless | "
+               "repeat-previous | majority |", "|---|---|---|---|---|---|---|---|"]
+        for character in args.characters:
+            if character == "ALL":
+                continue
+            run = out / f"{character}-s{args.seed}"
+            own = load_run(run)
+            rows = evaluate({"own (lstm)": own, "own memoryless": load_run(run / MEMORYLESS), **models},
+                            own.split, str(data))
+            results["versus_pooled"][character] = rows
+            r = rows["rows"]
+            md.append(f"| {character} | {rows['frames']} | " + " | ".join(
+                f"{r[k]['nll/total']:.3f}" for k in ("own (lstm)", "own memoryless", "pooled (lstm)",
+                                                     "pooled memoryless", "repeat-previous", "majority")) + " |")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
