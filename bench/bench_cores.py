@@ -4,10 +4,13 @@
     python bench/bench_cores.py --quick    # a few rows, under ~3 minutes on a 2-core CPU
 
 One layer per core, input width ``--F``, ``unroll(...)[0].sum().backward()``; the LSTM takes its fastest
-training path (``return_state=False``: separator steps when the window has resets). ``--kinds`` may add
-``nn.gru``: the GRU through PyTorch's ``nn.GRU`` as before the fused CPU GRU (episode segments when the
-window has resets). "resets" draws an episode start with probability ``1 / --episode-len`` per step. Each
-cell is the median of 3 timed blocks after a warm-up, in ms, on one torch thread.
+training path (``return_state=False``: separator steps when the window has resets). ``gru`` is what
+``RecurrentCore`` runs (on CPU: the compiled time loops of ``recurl/nn/gru_kernel.c`` when they built, see
+the first line of the output). ``--kinds`` may add ``gru.ops``, the same fused GRU with its torch-op
+loops (the fallback without a C compiler), and ``nn.gru``, PyTorch's ``nn.GRU`` (episode segments when
+the window has resets). "resets" draws an episode start with probability ``1 / --episode-len`` per step. Each
+cell is the median of 5 timed blocks after a warm-up, in ms, on one torch thread; the kinds' blocks
+interleave, so a busy machine slows every column of a row alike.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from recurl.nn import native
 from recurl.nn.recurrent import make_core
 
 KINDS = ("lstm", "gru", "rnn", "mingru", "minlstm", "lru")
@@ -29,24 +33,32 @@ FULL = {"T": (32, 128, 512, 2048), "B": (8, 64), "H": (64, 256)}
 QUICK = [(32, 8, 64), (512, 8, 64), (2048, 8, 64), (512, 64, 256)]  # (T, B, H)
 
 
-def ms_per_call(fn: Callable[[], None], block_s: float = 0.3) -> float:
-    """Median ms per call of ``fn`` over 3 blocks of about ``block_s`` seconds each (after one warm-up call)."""
-    t0 = time.perf_counter()
-    fn()
-    calls = max(1, min(50, round(block_s / max(time.perf_counter() - t0, 1e-6))))
-    blocks = []
-    for _ in range(3):
+def ms_per_call(fns: dict[str, Callable[[], None]], block_s: float = 0.2, rounds: int = 5) -> dict[str, float]:
+    """Median ms per call of each of ``fns`` over ``rounds`` blocks of about ``block_s`` seconds, the kinds'
+    blocks interleaved round by round so that load from other processes falls on all of them alike."""
+    calls = {}
+    for k, fn in fns.items():
+        fn()  # warm-up, then size the block
         t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        blocks.append((time.perf_counter() - t0) / calls * 1e3)
-    return statistics.median(blocks)
+        fn()
+        calls[k] = max(1, min(50, round(block_s / max(time.perf_counter() - t0, 1e-6))))
+    blocks: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[k]):
+                fn()
+            blocks[k].append((time.perf_counter() - t0) / calls[k] * 1e3)
+    return {k: statistics.median(v) for k, v in blocks.items()}
 
 
 def fwd_bwd(kind: str, core: torch.nn.Module, x: torch.Tensor, s0: tuple, is_first: torch.Tensor) -> Callable[[], None]:
     """One forward + backward of ``core`` over ``x[T, B, F]`` (``nn.gru``: the ``nn.GRU`` library path)."""
     def run() -> None:
-        if kind != "nn.gru":
+        if kind == "gru.ops":
+            resets = bool(is_first[1:].any())
+            y = core._unroll_fused_gru(x, s0[0], is_first if resets else None, kernel=False)[0]
+        elif kind != "nn.gru":
             y = core.unroll(x, s0, is_first, return_state=False)[0]
         elif bool(is_first[1:].any()):
             y = core._unroll_segments(x, s0, is_first, False)[0]
@@ -59,12 +71,12 @@ def fwd_bwd(kind: str, core: torch.nn.Module, x: torch.Tensor, s0: tuple, is_fir
 def time_row(T: int, B: int, H: int, F: int, is_first: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, float]:
     """ms per forward + backward of each core kind on one ``x[T, B, F]`` window with these episode starts."""
     x = torch.randn(T, B, F, generator=torch.Generator().manual_seed(0))
-    out = {}
+    fns = {}
     for kind in kinds:
         torch.manual_seed(0)
-        core = make_core(kind.removeprefix("nn."), F, H)
-        out[kind] = ms_per_call(fwd_bwd(kind, core, x, core.initial_state(B), is_first))
-    return out
+        core = make_core(kind.removeprefix("nn.").removesuffix(".ops"), F, H)
+        fns[kind] = fwd_bwd(kind, core, x, core.initial_state(B), is_first)
+    return ms_per_call(fns)
 
 
 def main() -> None:
@@ -78,7 +90,8 @@ def main() -> None:
     kinds = tuple(a.kinds.split(","))
     shapes = QUICK if a.quick else list(itertools.product(FULL["T"], FULL["B"], FULL["H"]))
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread, F={a.F}; ms per forward+backward, one layer\n")
+          f"{torch.get_num_threads()} thread, F={a.F}; ms per forward+backward, one layer; GRU time loops: "
+          f"{'compiled' if native.gru_kernel() else 'torch ops (' + native.unavailable_reason + ')'}\n")
     scans = [k for k in kinds if k in SCANS]
     ratio = "lstm / best scan" if "lstm" in kinds and scans else ""
     print("| T | B | H | resets | " + " | ".join(kinds) + (f" | {ratio} |" if ratio else " |"))

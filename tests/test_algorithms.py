@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from _shared import SHARED_DATA
 
 from recurl import R2D2, Agent, BehaviourCloning, RecurrentPPO, RecurrentSAC, evaluate_policy, load_model
 from recurl.algos.base import Algorithm
@@ -39,7 +40,7 @@ class _Cue:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     env = gym.make(TMAZE, length=3)
     root = tmp_path_factory.mktemp("d")
-    replays = Path(__file__).resolve().parents[2] / "shared" / "data" / "slp"
+    replays = SHARED_DATA / "slp"
     if importlib.util.find_spec("peppi_py") and replays.is_dir():  # beside it, the Melee one
         from recurl.melee.prepare import prepare
 

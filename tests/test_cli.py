@@ -22,7 +22,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "recurl.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_train_eval_resume_end_to_end(tmp_path: Path) -> None:
+def test_train_eval_resume_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     assert main(["train", "--algo", "ppo", *TINY, "--total-steps", "64", "--core", "gru",
                  "--checkpoint-every", "2", "--run-dir", str(run)]) == 0
@@ -31,9 +31,9 @@ def test_train_eval_resume_end_to_end(tmp_path: Path) -> None:
     assert list((run / "tb").iterdir()), "TensorBoard events missing"
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["policy"]["core"] == "gru" and cfg["config"]["env_kwargs"] == {"length": 3}
-    res = _run("eval", str(run), "--episodes", "5", "--json")
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     # the CLI's evaluation is the API's: the same episodes, the same numbers
     want = evaluate_policy(load_model(run), n_episodes=5, seed=10_000)
     assert out["episodes"] == 5 and out["mean_return"] == pytest.approx(want["mean_return"], abs=1e-9)
@@ -85,16 +85,18 @@ def test_the_console_script_exits_with_one_clear_error(args: list[str], code: in
     assert message in res.stderr and "Traceback" not in res.stderr
 
 
-def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """In process: main's exit status and stderr are the console script's (its own test runs it for real)."""
     run = tmp_path / "run"
     assert main(["train", *TINY, "--total-steps", "16", "--run-dir", str(run)]) == 0
     data = (run / "model.safetensors").read_bytes()
     (run / "model.safetensors").write_bytes(data[: len(data) // 2])
-    res = _run("eval", str(run))
-    assert res.returncode == 1 and "corrupt model file" in res.stderr and "Traceback" not in res.stderr
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 1
+    assert "corrupt model file" in capsys.readouterr().err
     (run / "config.json").write_text("{not json")
-    res = _run("eval", str(run))
-    assert res.returncode == 1 and "corrupt" in res.stderr
+    assert main(["eval", str(run)]) == 1
+    assert "corrupt" in capsys.readouterr().err
 
 
 def test_diagnose_compares_memory_and_memoryless(tmp_path: Path) -> None:

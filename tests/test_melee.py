@@ -12,6 +12,8 @@ import torch
 
 pytest.importorskip("peppi_py")
 
+from _shared import SHARED_DATA  # noqa: E402
+
 from recurl.algos.melee import MeleeImitation, baseline_conditionals, evaluate  # noqa: E402
 from recurl.melee import dataset as D  # noqa: E402
 from recurl.melee import features as F  # noqa: E402
@@ -19,9 +21,7 @@ from recurl.melee.cli import melee_main  # noqa: E402
 from recurl.melee.evaluate import evaluate_run  # noqa: E402
 from recurl.melee.prepare import dedupe_frames, prepare  # noqa: E402
 
-SLP = Path(__file__).resolve().parents[2] / "shared" / "data" / "slp"
-if not SLP.is_dir():
-    SLP = Path("/work/shared/data/slp")
+SLP = SHARED_DATA / "slp"
 pytestmark = pytest.mark.skipif(not SLP.is_dir(), reason="shared replays not available")
 
 # Frames per replay after rollback removal (README of the shared replays).
@@ -191,7 +191,7 @@ def tiny_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("melee_run") / "run"
     policy = ["--hidden-size", "32", "--encoder-hidden", "32", "--embed-dim", "8", "--autoregressive-hidden", "16"]
     code = melee_main(["train", "--dataset", str(data_dir), "--character", "FOX", "--run-dir", str(run),
-                       "--action-delay", "6", "--chunk-len", "32", "--batch-size", "16", "--max-epochs", "2",
+                       "--action-delay", "6", "--chunk-len", "32", "--batch-size", "16", "--max-epochs", "1",
                        "--quiet", *policy])
     assert code == 0
     return run
@@ -389,6 +389,7 @@ def test_latency_benchmark_runs() -> None:
     import sys
 
     bench = Path(__file__).resolve().parents[1] / "bench" / "bench_melee.py"
-    out = subprocess.run([sys.executable, str(bench), str(SLP), "--epochs", "1", "--frames", "300"],
+    out = subprocess.run([sys.executable, str(bench), str(SLP), "--epochs", "1", "--frames", "300",
+                          "--latency-replay", str(SLP / "peppi_game.slp")],
                          capture_output=True, text=True, timeout=600, check=True).stdout
     assert "frames/s" in out and out.count("p99") == 3, out

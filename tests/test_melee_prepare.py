@@ -14,14 +14,13 @@ import pytest
 pytest.importorskip("peppi_py")
 pytest.importorskip("melee")
 
+from _shared import SHARED_DATA  # noqa: E402
+
 from recurl.errors import RecurlError  # noqa: E402
 from recurl.melee import features as F  # noqa: E402
 from recurl.melee import prepare as P  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
-SLP, FAILS = SHARED / "slp", SHARED / "slp-peppi-fails"
+SLP, FAILS = SHARED_DATA / "slp", SHARED_DATA / "slp-peppi-fails"
 pytestmark = pytest.mark.skipif(not (SLP.is_dir() and FAILS.is_dir()), reason="shared replays not available")
 
 # slp-peppi-fails/README.md: players (port order) and stage; game states as libmelee reads them.

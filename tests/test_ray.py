@@ -169,12 +169,19 @@ def test_killed_worker_is_restarted_and_the_run_resumes(cluster, tmp_path) -> No
 
 @pytest.mark.slow
 def test_r2d2_with_two_actor_workers_learns_the_tmaze(cluster) -> None:
-    """The slow T-maze check of tests/test_r2d2.py (4-cell corridor, 30k steps) with two actor workers."""
+    """The slow T-maze check of tests/test_r2d2.py (4-cell corridor) with two asynchronous actor workers.
+
+    Asynchronous actors make the run depend on timing (which weights each window was acted with), so a
+    fixed budget is not a fixed run: it trains until two evaluations in a row (50 fresh episodes each)
+    average a return of 0.95, within a budget of twice what one process needs (30k steps on seeds 0-3),
+    and the held policy must then succeed on 95% of 100 other episodes."""
     m = R2D2("recurl/TMaze-v0", env_kwargs={"length": 4}, num_envs=8, workers=2, sync_every=25, seed=0,
              device="cpu", seq_len=12, overlap=0, burn_in=0, learning_starts=1000, batch_size=16, train_every=8,
              replay_capacity=4000, gamma=0.95, value_rescaling=False, n_step=1, learning_rate=1e-3,
-             target_update_every=200, policy=QNetworkConfig(core="lstm", hidden_size=32, encoder_hidden=(32,)))
-    m.learn(30_000, progress_bar=False)
+             target_update_every=200, eval_every=5000, eval_episodes=50, stop_at_return=0.95, hold=2,
+             policy=QNetworkConfig(core="lstm", hidden_size=32, encoder_hidden=(32,)))
+    m.learn(60_000, progress_bar=False)
+    restarts = m.pool.restarts
     m.shutdown_workers()
     r = evaluate_policy(m, n_episodes=100, seed=123)
-    assert r["success_rate"] >= 0.95, r
+    assert r["success_rate"] >= 0.95, (r, m.eval_record, m.num_timesteps, m.n_updates, restarts)

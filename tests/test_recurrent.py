@@ -4,6 +4,7 @@ inside the core, no gradient across a reset, outputs independent of padding."""
 import pytest
 import torch
 
+from recurl.nn import native, recurrent
 from recurl.nn.recurrent import CORE_KINDS, RecurrentCore, linear_scan, make_core, state_size
 
 KINDS = [k for k in CORE_KINDS]
@@ -138,12 +139,20 @@ def test_outputs_do_not_depend_on_padding(kind: str, return_state: bool) -> None
     torch.testing.assert_close(y_pad[:T, :B], y, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(17, 4, 6, 8), (33, 9, 66, 64)])
+@pytest.mark.parametrize("loops", ["compiled", "torch ops"])
 @pytest.mark.parametrize("p_reset", [0.0, 0.2])
-def test_cpu_gru_matches_nn_gru_values_and_gradients(p_reset: float) -> None:
+def test_cpu_gru_matches_nn_gru_values_and_gradients(p_reset: float, loops: str, shape: tuple[int, ...],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused CPU GRU (RecurrentCore's gru unroll) against nn.GRU's own kernel (no resets) or a loop of
-    torch.gru_cell steps (resets): outputs, final state and every gradient within 1e-5 in float32."""
+    torch.gru_cell steps (resets): outputs, final state and every gradient within 1e-5 in float32, with
+    the compiled time loops of recurl/nn/gru_kernel.c and with their torch-op fallback."""
+    if loops == "compiled" and native.gru_kernel() is None:
+        pytest.skip(f"the GRU kernel did not build here: {native.unavailable_reason}")
+    if loops == "torch ops":
+        monkeypatch.setattr(recurrent, "gru_kernel", lambda: None)
     gen = torch.Generator().manual_seed(11)
-    T, B, F, H = 17, 4, 6, 8
+    T, B, F, H = shape
     core = RecurrentCore("gru", F, H, 2)
     x = torch.randn(T, B, F, generator=gen, requires_grad=True)
     h0 = torch.randn(2, B, H, generator=gen, requires_grad=True)

@@ -261,8 +261,8 @@ def chains(work: Path) -> dict:
     return Lazy()
 
 
-# PPO's chain runs in the fast suite; R2D2's and BC's (each ~15 s of killed processes) with the slow tests
-ALGOS = ["ppo", pytest.param("r2d2", marks=pytest.mark.slow), pytest.param("bc", marks=pytest.mark.slow)]
+# Each algorithm's chain is ~15 s of killed processes: slow tests (the fast suite resumes in process below)
+ALGOS = [pytest.param(a, marks=pytest.mark.slow) for a in ("ppo", "r2d2", "bc")]
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -323,6 +323,7 @@ def test_resume_is_deterministic_and_continues_the_checkpoint(chains: dict, work
     assert _same_tensors(_tensors(probe), {k: v.contiguous() for k, v in saved.tensors.items()})
 
 
+@pytest.mark.slow
 def test_resume_before_the_first_checkpoint_is_one_clear_error(work: Path, tmp_path: Path) -> None:
     """Killed at its first checkpoint's commit point (every file written under a temporary name, none
     committed): there is nothing to resume, said in one line; a new run over it (--overwrite) is clean."""

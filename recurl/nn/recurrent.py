@@ -42,6 +42,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from recurl.nn.native import gru_kernel
+
 CoreKind = Literal["lstm", "gru", "rnn", "none", "mingru", "minlstm", "lru"]
 SCAN_KINDS: tuple[str, ...] = ("mingru", "minlstm", "lru")  # built by ScanCore, the rest by RecurrentCore
 CORE_KINDS: tuple[str, ...] = ("lstm", "gru", "rnn", "none", *SCAN_KINDS)
@@ -49,6 +51,8 @@ State = tuple[torch.Tensor, ...]
 # Measured (docs/cores.md): without resets nn.GRU's C++ loop is ~10% faster from B = 64 up; with resets
 # the fused GRU wins at every size (nn.GRU would need the segment layout).
 _FUSED_GRU_MAX_BATCH = 32
+# The compiled GRU loops' matmul is a plain vectorised loop: MKL's is faster once W_hh outgrows the cache.
+_GRU_KERNEL_MAX_HIDDEN = 128
 _CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
 _STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",), "none": (), "mingru": ("h",),
                 "minlstm": ("h",), "lru": ("h_re", "h_im")}
@@ -251,15 +255,16 @@ class RecurrentCore(MemoryCore):
         return self._unroll_segments(x, h0, is_first, return_state)
 
     def _unroll_fused_gru(
-        self, x: torch.Tensor, h0: torch.Tensor, is_first: torch.Tensor | None
+        self, x: torch.Tensor, h0: torch.Tensor, is_first: torch.Tensor | None, kernel: bool = True
     ) -> tuple[torch.Tensor, State]:
         """GRU layers through :class:`_FusedGRU`: ``x[T, B, F]``, ``h0[L, B, H]`` (already reset at t = 0),
-        ``is_first[T, B]`` (``None``: no reset after t = 0) -> ``(y[T, B, H], (h_T[L, B, H],))``."""
+        ``is_first[T, B]`` (``None``: no reset after t = 0) -> ``(y[T, B, H], (h_T[L, B, H],))``.
+        ``kernel=False`` runs the torch-op loops even where the compiled ones are available (benchmarks)."""
         keep = None if is_first is None else (~is_first).to(x.dtype).unsqueeze(-1)
         y, finals = x, []
         for i in range(self.num_layers):
             w = [getattr(self.net, f"{name}_l{i}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            y = _FusedGRU.apply(y, h0[i], keep, *w)
+            y = _FusedGRU.apply(y, h0[i], keep, kernel, *w)
             finals.append(y[-1])
         return y, (torch.stack(finals),)
 
@@ -332,71 +337,108 @@ class _FusedGRU(torch.autograd.Function):
     """One ``nn.GRU`` layer over ``T`` steps with a hand-written backward; the same math as ``nn.GRU``
     (``r, z = sigmoid(.)``, ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = n + z (h - n)``).
 
-    ``forward(x[T, B, F], h0[B, H], keep[T, B, 1] or None, w_ih[3H, F], w_hh[3H, H], b_ih[3H], b_hh[3H])``
-    -> ``y[T, B, H]``. The input projections and all weight gradients are single matmuls over the ``T * B``
-    rows; only ``h @ W_hh`` and the gate arithmetic run per step, into preallocated buffers. ``keep``
-    (0 at an episode start) multiplies the carried state, and in the backward its gradient, so nothing
-    crosses a reset. On this CPU it is 1.2-1.9x faster than ``nn.GRU`` up to B = 32 without resets, and
-    with resets up to 7x faster than ``nn.GRU`` on episode segments (docs/cores.md).
+    ``forward(x[T, B, F], h0[B, H], keep[T, B, 1] or None, kernel, w_ih[3H, F], w_hh[3H, H], b_ih[3H],
+    b_hh[3H])`` -> ``y[T, B, H]``. The input projections and all weight gradients are single matmuls over
+    the ``T * B`` rows; only the recurrence runs step by step: in the compiled loops of :mod:`recurl.nn.native` (all
+    ``T`` steps in one call; float32, ``H <= 128``), or else in :func:`_gru_forward_loop` /
+    :func:`_gru_backward_loop` (torch ops into preallocated buffers). ``keep`` (0 at an episode start)
+    multiplies the carried state, and in the backward its gradient, so nothing crosses a reset.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, h0: torch.Tensor,
-                keep: torch.Tensor | None, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-                b_hh: torch.Tensor) -> torch.Tensor:
+                keep: torch.Tensor | None, kernel: bool, w_ih: torch.Tensor, w_hh: torch.Tensor,
+                b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
         T, B, F = x.shape
         H = h0.shape[-1]
         gi = torch.addmm(b_ih, x.reshape(T * B, F), w_ih.T).view(T, B, 3 * H)  # every step's input part
-        gh, rz = x.new_empty(T, B, 3 * H), x.new_empty(T, B, 2 * H)
-        n, d, y = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, H)
-        # per-step views made by unbind in one call: indexing in the loop would cost more than the math
-        steps = zip(gi[..., : 2 * H].unbind(0), gi[..., 2 * H :].unbind(0), gh.unbind(0), gh[..., : 2 * H].unbind(0),
-                    gh[..., 2 * H :].unbind(0), rz.unbind(0), rz[..., :H].unbind(0), rz[..., H:].unbind(0),
-                    n.unbind(0), d.unbind(0), y.unbind(0), _steps_of(keep, T))
-        h, w_hh_t = h0, w_hh.T
-        for gi_rz, gi_n, gh_t, gh_rz, gh_n, rz_t, r, z, n_t, d_t, y_t, k in steps:
-            if k is not None:
-                h = h * k
-            torch.addmm(b_hh, h, w_hh_t, out=gh_t)
-            torch.add(gi_rz, gh_rz, out=rz_t).sigmoid_()
-            torch.addcmul(gi_n, r, gh_n, out=n_t).tanh_()
-            torch.sub(h, n_t, out=d_t)  # h - n, which dL/dz needs too
-            torch.addcmul(n_t, z, d_t, out=y_t)
-            h = y_t
-        ctx.save_for_backward(x, h0, keep, w_ih, w_hh, gh, rz, n, d, y)
+        loops = gru_kernel() if kernel and x.dtype == torch.float32 and H <= _GRU_KERNEL_MAX_HIDDEN else None
+        ctx.loops = loops
+        if loops is None:
+            hp, rz, ghn, n, y = _gru_forward_loop(gi, b_hh, w_hh, h0, keep)
+        else:
+            hp, rz, ghn, n, y = (x.new_empty(T, B, c * H) for c in (1, 2, 1, 1, 1))
+            # every tensor whose pointer the kernel gets is held by a name until it returns
+            h0c, w_hh_t, b_hh_c = h0.contiguous(), w_hh.T.contiguous(), b_hh.contiguous()
+            keep = None if keep is None else keep.contiguous()
+            scratch = x.new_empty(B, 3 * H)
+            loops.gru_forward(T, B, H, *_ptrs(gi, b_hh_c, w_hh_t, h0c, keep, hp, rz, ghn, n, y, scratch))
+        ctx.save_for_backward(x, w_ih, w_hh, keep, hp, rz, ghn, n)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, h0, keep, w_ih, w_hh, gh, rz, n, d, y = ctx.saved_tensors
+        x, w_ih, w_hh, keep, hp, rz, ghn, n = ctx.saved_tensors
         T, B, F = x.shape
-        H = h0.shape[-1]
-        dgh, dgi_n = x.new_empty(T, B, 3 * H), x.new_empty(T, B, H)  # dL/d(h W_hh^T + b_hh), dL/d(gi_n)
-        dpre = x.new_empty(B, 2 * H)  # dL/d(r, z) before the sigmoid
-        dpre_r, dpre_z = dpre[:, :H], dpre[:, H:]
-        steps = zip(dy.unbind(0), rz.unbind(0), rz[..., :H].unbind(0), rz[..., H:].unbind(0), n.unbind(0),
-                    d.unbind(0), gh[..., 2 * H :].unbind(0), dgh.unbind(0), dgh[..., : 2 * H].unbind(0),
-                    dgh[..., 2 * H :].unbind(0), dgi_n.unbind(0), _steps_of(keep, T))
-        dh = torch.zeros_like(h0)
-        for dy_t, rz_t, r, z, n_t, d_t, gh_n, dgh_t, dgh_rz, dgh_n, dgi_n_t, k in reversed(list(steps)):
-            dh = dh + dy_t
-            torch.mul(dh, d_t, out=dpre_z)
-            dn = torch.addcmul(dh, dh, z, value=-1)  # dh * (1 - z)
-            torch.ops.aten.tanh_backward.grad_input(dn, n_t, grad_input=dgi_n_t)
-            torch.mul(dgi_n_t, gh_n, out=dpre_r)
-            torch.ops.aten.sigmoid_backward.grad_input(dpre, rz_t, grad_input=dgh_rz)
-            torch.mul(dgi_n_t, r, out=dgh_n)
-            dh = torch.addmm(dh * z, dgh_t, w_hh)
-            if k is not None:
-                dh = dh * k  # exactly zero across a reset
+        H = hp.shape[-1]
+        dy, loops = dy.contiguous(), ctx.loops
+        if loops is None:
+            dgh, dgi_n, dh0 = _gru_backward_loop(dy, w_hh, keep, hp, rz, ghn, n)
+        else:
+            dgh, dgi_n, dh0 = x.new_empty(T, B, 3 * H), x.new_empty(T, B, H), x.new_empty(B, H)
+            w_hh_c, g, g_prev = w_hh.contiguous(), x.new_empty(B, H), x.new_empty(B, H)
+            loops.gru_backward(T, B, H, *_ptrs(dy, w_hh_c, keep, hp, rz, ghn, n, dgh, dgi_n, dh0, g, g_prev))
         dgi = torch.cat([dgh[..., : 2 * H], dgi_n], -1).view(T * B, 3 * H)
-        h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # the state each step read
-        if keep is not None:
-            h_prev = h_prev * keep
         dgh = dgh.view(T * B, 3 * H)
-        return ((dgi @ w_ih).view(T, B, F), dh, None, dgi.T @ x.reshape(T * B, F), dgh.T @ h_prev.view(T * B, H),
-                dgi.sum(0), dgh.sum(0))
+        return ((dgi @ w_ih).view(T, B, F), dh0, None, None, dgi.T @ x.reshape(T * B, F),
+                dgh.T @ hp.view(T * B, H), dgi.sum(0), dgh.sum(0))
+
+
+def _ptrs(*tensors: torch.Tensor | None) -> list[int | None]:
+    """Data pointers for the C kernel (``None`` for an absent ``keep``); every tensor is contiguous, and
+    the caller keeps each alive until the call returns (a temporary here would be freed first)."""
+    return [None if t is None else t.data_ptr() for t in tensors]
+
+
+def _gru_forward_loop(gi: torch.Tensor, b_hh: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor,
+                      keep: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """``gru_forward`` of ``gru_kernel.c`` in torch ops: ``gi[T, B, 3H]`` (``x W_ih^T + b_ih``), ``h0[B, H]``
+    -> ``hp`` (the state each step reads), ``rz[T, B, 2H]``, ``ghn`` (``W_hn hp + b_hn``), ``n``, ``y``."""
+    T, B, H3 = gi.shape
+    H = H3 // 3
+    gh, rz, n = gi.new_empty(T, B, H3), gi.new_empty(T, B, 2 * H), gi.new_empty(T, B, H)
+    hy = gi.new_empty(T + 1, B, H)  # [h0, y]: without resets the states read are hy[:-1], no copy
+    hy[0] = h0
+    hp = hy[:-1] if keep is None else gi.new_empty(T, B, H)
+    # per-step views made by unbind in one call: indexing in the loop would cost more than the math
+    steps = zip(gi[..., : 2 * H].unbind(0), gi[..., 2 * H :].unbind(0), gh.unbind(0), gh[..., : 2 * H].unbind(0),
+                gh[..., 2 * H :].unbind(0), rz.unbind(0), rz[..., :H].unbind(0), rz[..., H:].unbind(0),
+                n.unbind(0), hy[1:].unbind(0), hp.unbind(0), _steps_of(keep, T))
+    h, w_hh_t = hy[0], w_hh.T
+    for gi_rz, gi_n, gh_t, gh_rz, gh_n, rz_t, r, z, n_t, y_t, hp_t, k in steps:
+        if k is not None:
+            h = torch.mul(h, k, out=hp_t)
+        torch.addmm(b_hh, h, w_hh_t, out=gh_t)
+        torch.add(gi_rz, gh_rz, out=rz_t).sigmoid_()
+        torch.addcmul(gi_n, r, gh_n, out=n_t).tanh_()
+        h = torch.lerp(n_t, h, z, out=y_t)  # n + z (h - n)
+    return hp, rz, gh[..., 2 * H :], n, hy[1:]
+
+
+def _gru_backward_loop(dy: torch.Tensor, w_hh: torch.Tensor, keep: torch.Tensor | None, hp: torch.Tensor,
+                       rz: torch.Tensor, ghn: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``gru_backward`` of ``gru_kernel.c`` in torch ops -> ``dgh[T, B, 3H]``, ``dgi_n[T, B, H]``,
+    ``dh0[B, H]``. Every gate gradient is the step's state gradient ``g_t`` times a coefficient known from
+    the forward, so the coefficients are computed for all steps at once and the loop is two ops per step:
+    ``G = g_t * c_t`` and ``g_{t-1} = dy_{t-1} + keep_t (G @ [W_hh; I])`` (the identity rows carry
+    ``g_t * z_t``)."""
+    T, B, H = hp.shape
+    r, z = rz[..., :H], rz[..., H:]
+    dn = (1 - z) * (1 - n * n)  # d n / d(gi_n), times dL/dn = g (1 - z)
+    c = torch.stack([dn * ghn * r * (1 - r), (hp - n) * z * (1 - z), dn * r, z], 2)  # [T, B, 4, H]
+    ck = c if keep is None else c * keep.unsqueeze(-1)
+    w_aug = torch.cat([w_hh, torch.eye(H, dtype=w_hh.dtype, device=w_hh.device)])  # [4H, H]
+    g = dy.new_empty(T + 1, B, H)  # g[t + 1] = dL/dh_t in total; g[0] = dL/dh0
+    g[T] = dy[T - 1]
+    G = dy.new_empty(B, 4, H)
+    steps = list(zip(g[1:].unsqueeze(2).unbind(0), ck.unbind(0), (torch.zeros_like(dy[0]), *dy[:-1].unbind(0)),
+                     g[:-1].unbind(0)))
+    for g_t, ck_t, dy_prev, g_prev in reversed(steps):
+        torch.mul(g_t, ck_t, out=G)
+        torch.addmm(dy_prev, G.view(B, 4 * H), w_aug, out=g_prev)
+    dgh = (g[1:].unsqueeze(2) * c[:, :, :3]).view(T, B, 3 * H)
+    return dgh, g[1:] * dn, g[0]
 
 
 def _steps_of(keep: torch.Tensor | None, T: int) -> tuple[torch.Tensor | None, ...]:
