@@ -28,6 +28,17 @@ def test_cartpole_novel_needs_memory(core: str, check) -> None:
     assert check(ret), f"core {core}: mean return {ret:.1f}"
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cartpole_novel_fast_stops_held_on_every_seed(seed: int) -> None:
+    """The preset stops once solved and held, and the policy it returns stays solved on other episodes:
+    on every seed, not only on the seed and CPU it was tuned with (docs/benchmarks.md has seeds 0-14)."""
+    _, ov = preset("cartpole-novel-fast")
+    model = RecurrentPPO(config=build_config(PPOConfig, {**ov, "seed": seed})).learn(progress_bar=False)
+    assert model.eval_record["held"] and model.num_timesteps < ov["total_steps"], model.eval_record
+    ret = evaluate_policy(model, n_episodes=20, seed=seed + 2000, num_envs=20)["mean_return"]
+    assert ret >= 475, f"seed {seed}: the held policy scores {ret:.1f} on 20 other episodes"
+
+
 def test_tmaze_lstm_remembers_the_cue() -> None:
     model = _train("tmaze", "lstm")
     r = evaluate_policy(model, n_episodes=200, seed=123)

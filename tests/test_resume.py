@@ -294,7 +294,8 @@ def test_bc_resumes_bit_exactly(chains: dict, reference: dict) -> None:
     assert opt.keys() == ref_opt.keys() and all(_same_tensors(opt[k], ref_opt[k]) for k in opt)
 
 
-@pytest.mark.parametrize("algo", ["ppo", pytest.param("r2d2", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ppo", "r2d2"])
 def test_resume_is_deterministic_and_continues_the_checkpoint(chains: dict, work: Path, algo: str) -> None:
     """Not bit-exact against an uninterrupted run (episodes restart from a fresh seeded reset; R2D2's
     replay refills), but one checkpoint resumed twice, in two processes, gives the same run; and resume
