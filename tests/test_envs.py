@@ -67,6 +67,22 @@ def test_tmaze_wrong_turn_and_timeout() -> None:
     assert trunc and not term and not info["success"]
 
 
+def test_tmaze_lag_penalty_charges_every_step_behind_schedule() -> None:
+    """Ni et al.'s shaping: walking straight to the junction costs nothing; each step ending with fewer
+    cells walked than steps taken costs the penalty, bumping included; the final turn pays as before."""
+    env = gym.make("recurl/TMaze-v0", length=3, max_steps=4, lag_penalty=-0.25)
+    _, info = env.reset(seed=0)
+    assert [env.step(0)[1] for _ in range(3)] == [0.0, 0.0, 0.0]
+    _, r, term, _, info = env.step(1 + info["cue"])
+    assert term and r == 1.0 and info["success"]
+    _, info = env.reset(seed=0)
+    assert env.step(1)[1] == -0.25 and env.step(0)[1] == -0.25  # a turn in the corridor, then one cell behind
+    _, r, _, trunc, _ = env.step(0)
+    assert r == -0.25
+    _, r, _, trunc, _ = env.step(0)  # at the junction after 4 steps: the time limit (length + 1) ends it
+    assert r == -0.25 and trunc
+
+
 def test_repeat_previous_rewards_recall() -> None:
     env = gym.make("recurl/RepeatPrevious-v0", k=2, length=10)
     obs, _ = env.reset(seed=3)

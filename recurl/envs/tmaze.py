@@ -13,6 +13,12 @@ which makes dawdling there worse than guessing. Turning at the junction ends the
 maze: reaching the junction pays even for a guesser, so a memoryless agent learns to walk there and
 then scores about 50%). The episode is truncated after ``max_steps`` (default ``3 * length + 10``)
 with no final reward.
+
+``lag_penalty`` (default 0) is Ni et al.'s (2023, the Memory-RL code) shaping for long corridors: each step
+that ends behind schedule (fewer cells forward than steps taken) adds this reward (use a negative value,
+e.g. ``-1 / length``), so walking east is learned from every step rather than from the junction's reward
+alone. With ``max_steps = length + 1`` as well (their fixed horizon) only the cue is left to learn: long
+corridors then test memory, not exploration.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class TMazeEnv(gym.Env[np.ndarray, np.int64]):
         max_steps: int | None = None,
         bump_penalty: float = 0.1,
         wrong_penalty: float = 0.1,
+        lag_penalty: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
         if length < 1:
@@ -44,6 +51,7 @@ class TMazeEnv(gym.Env[np.ndarray, np.int64]):
         self.max_steps = max_steps if max_steps is not None else 3 * length + 10
         self.bump_penalty = bump_penalty
         self.wrong_penalty = wrong_penalty
+        self.lag_penalty = lag_penalty
         self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(0.0, 1.0, (4,), np.float32)
         self.action_space = gym.spaces.Discrete(3)
@@ -79,6 +87,8 @@ class TMazeEnv(gym.Env[np.ndarray, np.int64]):
             success = action - 1 == self._cue
             reward = 1.0 if success else -self.wrong_penalty
             info["success"] = success
+        if not terminated and self._pos < self._t:
+            reward += self.lag_penalty
         truncated = not terminated and self._t >= self.max_steps
         if truncated:
             info["success"] = False
