@@ -2,7 +2,9 @@
 
 Registered ids: ``recurl/CartPoleNoVel-v1``, ``recurl/TMaze-v0``, ``recurl/RepeatPrevious-v0``,
 ``recurl/Pendulum-P-v1`` and ``recurl/Pendulum-V-v1`` (Pendulum-v1 observing only the angle / only the
-velocity) and the seven ``recurl/SwampTour-<task>-v0``. Bare names users know (``CartPoleNoVel-v1``) resolve to ours.
+velocity), ``recurl/{HalfCheetah,Hopper,Walker2d}-{P,V}-v5`` (MuJoCo without velocities / without
+positions, with ``recurl[mujoco]``) and the seven ``recurl/SwampTour-<task>-v0``. Bare names users know
+(``CartPoleNoVel-v1``) resolve to ours.
 Third-party suites resolve by their own ids once installed (:data:`SUITES`), and any other package's ids
 with Gymnasium's ``module:EnvId`` form where the user typed it.
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from recurl.envs.mujoco_pomdp import TASKS as MUJOCO_TASKS
 from recurl.envs.swamptour import register_swamptour
 from recurl.envs.wrappers import FlattenObs, PrevActionReward, needs_flattening
 from recurl.errors import RecurlError
@@ -39,6 +42,10 @@ def register() -> None:
         # Pendulum-v1 POMDPs (pomdp-baselines): P keeps cos/sin of the angle, V keeps the angular velocity.
         **{f"recurl/Pendulum-{keep}-v1": dict(entry_point="recurl.envs.pendulum_pomdp:PendulumPOMDPEnv",
                                               kwargs={"keep": keep}, max_episode_steps=200) for keep in "PV"},
+        # MuJoCo v5 locomotion POMDPs (pomdp-baselines): P keeps the positions, V the velocities (recurl[mujoco]).
+        **{f"recurl/{task}-{keep}-v5": dict(entry_point="recurl.envs.mujoco_pomdp:make_mujoco_pomdp",
+                                            kwargs={"task": task, "keep": keep}, max_episode_steps=1000)
+           for task in MUJOCO_TASKS for keep in "PV"},
     }
     for env_id, kwargs in specs.items():
         if env_id not in gym.registry:
