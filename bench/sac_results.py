@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from recurl import RecurrentSAC, evaluate_policy
+from recurl.checkpoint import atomic_write
 from recurl.presets import preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,10 +62,7 @@ def load() -> dict:
 
 def save(results: dict) -> None:
     """Write the JSON atomically (a killed grid never leaves a half-written file)."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, RESULTS)
+    atomic_write(RESULTS, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n"))
 
 
 def run_one(preset_name: str, env: str, core: str, seed: int, run_dir: Path, **extra: object) -> dict:
@@ -93,9 +92,7 @@ def run_grid(grid: tuple[str, list[tuple[str, str]]], seeds: list[int], run_root
     print(f"{preset_name}: {len(todo)} runs to do, {len(rows) * len(seeds) - len(todo)} kept")
     for i, (env, core, seed) in enumerate(todo, 1):
         run_dir = run_root / f"{env.replace('/', '_')}-{core}-s{seed}"
-        if run_dir.exists():  # a killed run restarts from scratch (its replay is not saved)
-            for f in sorted(run_dir.rglob("*"), reverse=True):
-                f.unlink() if f.is_file() else f.rmdir()
+        shutil.rmtree(run_dir, ignore_errors=True)  # a killed run restarts from scratch (its replay is not saved)
         r = run_one(preset_name, env, core, seed, run_dir, **extra)
         results = load()
         results["runs"][key(env, core, seed)] = r

@@ -18,8 +18,9 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
+
+from recurl.checkpoint import atomic_write
 
 SOURCE = Path(__file__).with_name("gru_kernel.c")
 FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
@@ -46,15 +47,9 @@ def _build(cache: Path) -> Path:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise OSError("no C compiler (cc, gcc or clang) on PATH")
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # build aside, then rename: never a half-written .so
-    os.close(fd)
-    try:
-        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # built aside and renamed into place: another process never loads a half-written library
+    atomic_write(lib, lambda tmp: subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True,
+                                                 capture_output=True, timeout=120))
     return lib
 
 
