@@ -37,6 +37,33 @@ def _swamp(task: str, max_time: int, steps: int, **extra: Any) -> tuple[str, dic
                      "total_steps": steps, **extra})
 
 
+def tmaze_memory(length: int, core: str = "lru", seed: int = 0) -> tuple[str, dict[str, Any]]:
+    """Recurrent PPO on the masked passive T-maze with a corridor of ``length``: the memory-length recipe
+    (docs/cores.md; ``bench/memory_length.py`` runs it for every core), the same for every length and core.
+
+    Masks leave the turn at the junction as the only decision (walking is not explored), every episode is
+    ``length + 1`` steps, and each rollout is one whole episode per env plus the autoreset step after it
+    (``n_steps = length + 2``), so backpropagation reaches from the turn back to the cue. No gradient
+    clipping: the global clip let the critic's gradient shrink the actor's one decision per episode to
+    nothing. Chrono gates over the episode (lstm, gru, mingru); the LRU's eigenvalues on ``[0.99, 0.9999]``.
+    The budget is 4000 episodes; training stops once two 50-episode evaluations score >= 0.95.
+    """
+    episode = length + 1
+    window = episode + 1
+    policy: dict[str, Any] = {"core": core}
+    if core in ("lstm", "gru", "mingru"):
+        policy["chrono"] = episode
+    if core == "lru":
+        policy.update(lru_r_min=0.99, lru_r_max=0.9999)
+    return ("ppo", {
+        "env": "recurl/TMaze-v0", "env_kwargs": {"length": length, "max_steps": episode, "mask_actions": True},
+        "num_envs": 16, "n_steps": window, "batch_size": 4 * window, "n_epochs": 4, "learning_rate": 1e-3,
+        "anneal_lr": False, "ent_coef": 0.01, "gamma": 0.99, "max_grad_norm": 0.0, "total_steps": 4000 * window,
+        "seed": seed, "eval_every": 10 * 16 * window, "eval_episodes": 50, "stop_at_return": 0.95, "hold": 2,
+        "policy": policy,
+    })
+
+
 def _ppo_swamp(task: str, steps: int) -> tuple[str, dict[str, Any]]:
     """Recurrent PPO on a swamp-tour task; episodes are short, so one 32-step chunk holds several."""
     return ("ppo", {
@@ -90,6 +117,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         # cue must be carried from the first steps needs BC's default instead
         "policy": {"forget_bias": 3.0, "ortho_init": True},
     }),
+    # Memory length: the LRU carries the T-maze's cue over these corridors (docs/cores.md, measured)
+    **{f"tmaze-{n}": tmaze_memory(n) for n in (250, 500, 1000, 1500)},
     "article-lstm": ("r2d2", {**_ARTICLE, "policy": {**_ARTICLE["policy"], "core": "lstm"}}),
     "article-gru": ("r2d2", {**_ARTICLE, "policy": {**_ARTICLE["policy"], "core": "gru"}}),
     "r2d2-silent_ruin": _swamp("silent_ruin", 25, 200_000),
@@ -101,12 +130,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "r2d2-ruin_2swamp": _swamp("ruin_2swamp", 20, 800_000, eval_episodes=1000),
     # Recurrent SAC (Ni et al. 2022) on the angle-only pendulum: LSTM 64 in each of actor and critic, MLPs
     # 128x128, 16-step windows with a 4-step burn-in, Adam 1e-3 for actor and critic (with 3e-4 and 32-step
-    # windows seed 0 was still at -215 after 16k steps), one update per env step, 12k env steps.
+    # windows seed 0 was still at -215 after 16k steps), the previous action and reward as inputs, two
+    # updates per env step, 12k env steps (docs/sac.md: what each of these added, screened on seeds 0 and 2).
     # bench/sac_results.py runs every row of docs/sac.md with these settings, changing only env, core and seed.
     "sac-pendulum-p": ("sac", {
         "env": "recurl/Pendulum-P-v1", "total_steps": 12_000, "learning_starts": 1_000, "batch_size": 32,
-        "seq_len": 16, "overlap": 8, "burn_in": 4, "actor_lr": 1e-3, "critic_lr": 1e-3,
-        "policy": {"core": "lstm", "hidden_size": 64, "head_hidden": (128, 128)},
+        "seq_len": 16, "overlap": 8, "burn_in": 4, "actor_lr": 1e-3, "critic_lr": 1e-3, "gradient_steps": 2,
+        "prev_action_reward": True, "policy": {"core": "lstm", "hidden_size": 64, "head_hidden": (128, 128)},
     }),
 }
 

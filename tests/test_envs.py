@@ -83,6 +83,21 @@ def test_tmaze_lag_penalty_charges_every_step_behind_schedule() -> None:
     assert r == -0.25 and trunc
 
 
+def test_tmaze_masks_leave_only_the_turn_to_decide() -> None:
+    """With mask_actions, forward is the only valid action in the corridor and the two turns the only ones
+    at the junction; without it the env has no action_masks at all (recurl would otherwise mask)."""
+    assert not hasattr(gym.make("recurl/TMaze-v0").unwrapped, "action_masks")
+    env = gym.make("recurl/TMaze-v0", length=3, max_steps=4, mask_actions=True).unwrapped
+    _, info = env.reset(seed=1)
+    masks = [env.action_masks().tolist()]
+    for _ in range(3):
+        env.step(0)
+        masks.append(env.action_masks().tolist())
+    assert masks == [[True, False, False]] * 3 + [[False, True, True]]
+    _, r, term, _, info = env.step(1 + info["cue"])
+    assert term and r == 1.0 and info["success"]
+
+
 def test_repeat_previous_rewards_recall() -> None:
     env = gym.make("recurl/RepeatPrevious-v0", k=2, length=10)
     obs, _ = env.reset(seed=3)

@@ -49,3 +49,21 @@ def test_tmaze_memoryless_guesses() -> None:
     model = _train("tmaze", "none")
     r = evaluate_policy(model, n_episodes=200, seed=123)
     assert 0.35 <= r["success_rate"] <= 0.65, r
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lru_carries_the_tmaze_cue_over_250_steps(seed: int) -> None:
+    """The memory-length recipe (docs/cores.md) with the best scan core: 250 corridor steps between the cue
+    and the turn, on every seed. A memoryless policy scores the coin flip here (the turn is the only
+    decision: the masks leave forward as the only move in the corridor)."""
+    _, ov = preset("tmaze-250")
+    model = RecurrentPPO(config=build_config(PPOConfig, {**ov, "seed": seed})).learn(progress_bar=False)
+    assert model.eval_record["held"], model.eval_record
+    r = evaluate_policy(model, n_episodes=200, seed=seed + 3000)
+    assert r["success_rate"] >= 0.99 and r["mean_length"] == 251, r
+
+
+def test_tmaze_250_is_a_coin_flip_without_memory() -> None:
+    model = _train("tmaze-250", "none", total_steps=100_400)
+    r = evaluate_policy(model, n_episodes=200, seed=3000)
+    assert 0.35 <= r["success_rate"] <= 0.65, r

@@ -164,3 +164,12 @@ def test_masked_swamp_tour_never_bumps(algo: str) -> None:
             n += int(np.sum(step.info.get("bump", 0) & step.valid))
         bumps[masked] = n
     assert bumps[True] == 0 and bumps[False] > 0, bumps
+
+
+def test_masked_tmaze_is_the_cue_alone_for_a_policy() -> None:
+    """Through the collector: a random masked PPO policy walks every episode to the junction in exactly
+    length + 1 steps and turns there, so its success is the coin flip and nothing else."""
+    model = RecurrentPPO("recurl/TMaze-v0", env_kwargs={"length": 12, "max_steps": 13, "mask_actions": True},
+                         num_envs=4, batch_size=64, policy={"hidden_size": 8})
+    result = evaluate_policy(model, n_episodes=40, deterministic=False)
+    assert result["mean_length"] == 13 and 0.2 < result["success_rate"] < 0.8

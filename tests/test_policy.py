@@ -122,3 +122,24 @@ def test_autoregressive_head_is_one_joint_distribution() -> None:
         RecurrentPolicy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3), PolicyConfig(autoregressive=True))
     with pytest.raises(RecurlError, match="residual"):
         PolicyConfig(residual=True, hidden_size=16, encoder_hidden=(8,))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"chrono": 1}, "chrono must be 0"), ({"chrono": -3}, "--chrono"),
+    ({"lru_r_min": 0.999, "lru_r_max": 0.99}, "must be below"), ({"lru_r_max": 1.0}, "lru-r-max"),
+    ({"lru_max_phase": 0.0}, "lru-max-phase"),
+])
+def test_long_memory_initialisations_are_checked(fields: dict, message: str) -> None:
+    with pytest.raises(RecurlError, match=message):
+        PolicyConfig(**fields)
+
+
+def test_chrono_and_the_lru_ring_reach_the_policy_core() -> None:
+    torch.manual_seed(0)
+    space = gym.spaces.Box(-1, 1, (3,))
+    pol = RecurrentPolicy(space, gym.spaces.Discrete(2),
+                          PolicyConfig(core="lru", lru_r_min=0.995, lru_r_max=0.9995, lru_max_phase=0.1))
+    lam_re, lam_im, _ = pol.actor.core.mixers[0]._coefficients()
+    assert torch.sqrt(lam_re**2 + lam_im**2).min() >= 0.995 - 1e-6
+    lstm = RecurrentPolicy(space, gym.spaces.Discrete(2), PolicyConfig(chrono=500))
+    assert lstm.actor.core.net.bias_ih_l0[64:128].max() > 5  # log(u), u up to 499

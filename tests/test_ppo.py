@@ -266,3 +266,16 @@ def test_stop_when_solved_and_stay_solved(tmp_path) -> None:
     never = _model(env="recurl/TMaze-v0", eval_every=32, eval_episodes=2, stop_at_return=100.0)
     never.learn(96, progress_bar=False)
     assert never.num_timesteps == 96 and never.eval_record["evaluations"] == 3 and not never.eval_record["held"]
+
+
+@pytest.mark.parametrize("max_grad_norm, clips", [(0.5, True), (0.0, False)])
+def test_max_grad_norm_zero_turns_clipping_off(monkeypatch: pytest.MonkeyPatch, max_grad_norm: float,
+                                              clips: bool) -> None:
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(a[1]) or clip(*a, **k))
+    RecurrentPPO("recurl/TMaze-v0", num_envs=2, n_steps=8, batch_size=16, n_epochs=1,
+                 max_grad_norm=max_grad_norm).learn(16, progress_bar=False)
+    assert calls == ([max_grad_norm] if clips else [])
+    with pytest.raises(RecurlError, match="max-grad-norm"):
+        RecurrentPPO("recurl/TMaze-v0", max_grad_norm=-1.0)

@@ -205,3 +205,41 @@ def test_bad_shapes_are_named() -> None:
         RecurrentCore("transformer", 3, 4)
     with pytest.raises(ValueError, match="unknown core"):
         RecurrentCore("mingru", 3, 4)  # a scan kind: make_core builds it
+
+
+# -- initialisations for long delays ----------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["lstm", "gru", "mingru", "minlstm"])
+def test_chrono_init_spreads_the_keep_gates_over_the_horizon(kind: str) -> None:
+    torch.manual_seed(0)
+    T, H = 1000, 256
+    core = make_core(kind, 3, H, num_layers=2 if kind in ("lstm", "gru") else 1, chrono=T)
+    if kind in ("lstm", "gru"):
+        for layer in range(2):
+            b_ih, b_hh = getattr(core.net, f"bias_ih_l{layer}"), getattr(core.net, f"bias_hh_l{layer}")
+            keep = b_ih[H:2 * H]
+            assert torch.all(b_hh[H:2 * H] == 0)
+            if kind == "lstm":  # Tallec & Ollivier: the input gate opens as much as the forget gate keeps
+                assert torch.equal(b_ih[:H], -keep) and torch.all(b_hh[:H] == 0)
+    else:
+        bias = core.mixers[0].proj.bias[:H]
+        keep = bias if kind == "minlstm" else -bias  # minGRU's gate is the update z = 1 - keep
+    timescale = torch.exp(keep.detach())  # sigmoid(b) = u / (1 + u): memory of about u steps
+    assert timescale.min() >= 1 - 1e-6 and timescale.max() <= T - 1 + 1e-3
+    assert timescale.max() > 0.9 * T and timescale.median() > 0.3 * T  # uniform on [1, T - 1]
+    plain = make_core(kind, 3, H, forget_bias=2.0)  # chrono 0: forget_bias as before
+    if kind == "lstm":
+        assert torch.all(plain.net.bias_ih_l0[H:2 * H] == 2.0)
+
+
+def test_lru_ring_and_phase_set_the_initial_eigenvalues() -> None:
+    torch.manual_seed(0)
+    core = make_core("lru", 4, 128, lru_ring=(0.99, 0.9999), lru_max_phase=0.3)
+    lam_re, lam_im, gamma = core.mixers[0]._coefficients()
+    modulus, phase = torch.sqrt(lam_re**2 + lam_im**2), torch.atan2(lam_im, lam_re)
+    assert modulus.min() >= 0.99 - 1e-6 and modulus.max() <= 0.9999 + 1e-6
+    assert phase.min() >= 0 and phase.max() <= 0.3 + 1e-6
+    torch.testing.assert_close(gamma, torch.sqrt(1 - modulus**2), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="ring"):
+        make_core("lru", 4, 8, lru_ring=(0.999, 0.99))
+    with pytest.raises(ValueError, match=">= 2"):
+        make_core("mingru", 4, 8, chrono=1)

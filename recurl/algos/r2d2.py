@@ -52,8 +52,8 @@ from recurl.data.sequence_replay import SequenceBatch, SequenceReplay
 from recurl.errors import RecurlError
 from recurl.nn.encoders import Obs, ObsEncoder, mlp
 from recurl.nn.heads import apply_mask
-from recurl.nn.policy import ACTIVATIONS, NetworkConfig
-from recurl.nn.recurrent import State, make_core
+from recurl.nn.policy import ACTIVATIONS, NetworkConfig, build_core
+from recurl.nn.recurrent import State
 from recurl.obs import ObsConverter
 
 EXPLORATION = ("apex", "linear", "constant")
@@ -235,8 +235,7 @@ class QNetwork(nn.Module):
         super().__init__()
         act = ACTIVATIONS[cfg.activation]
         self.encoder = ObsEncoder(obs_space, cfg.encoder_hidden, act, cfg.embed_dim)
-        self.core = make_core(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers, cfg.forget_bias,
-                              cfg.hard_sigmoid)
+        self.core = build_core(cfg, self.encoder.out_dim, cfg.hard_sigmoid)
         self.torso = mlp([cfg.hidden_size, *cfg.head_hidden], act)
         width = cfg.head_hidden[-1] if cfg.head_hidden else cfg.hidden_size
         self.advantage = nn.Linear(width, n_actions)

@@ -53,8 +53,8 @@ from recurl.config import (
 from recurl.data.sequence_replay import SequenceBatch, SequenceReplay
 from recurl.errors import RecurlError
 from recurl.nn.encoders import Obs, ObsEncoder, mlp
-from recurl.nn.policy import ACTIVATIONS, NetworkConfig
-from recurl.nn.recurrent import State, make_core
+from recurl.nn.policy import ACTIVATIONS, NetworkConfig, build_core
+from recurl.nn.recurrent import State
 from recurl.obs import ObsConverter
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -203,7 +203,7 @@ class _Tower(nn.Module):
         super().__init__()
         act = ACTIVATIONS[cfg.activation]
         self.encoder = ObsEncoder(obs_space, cfg.encoder_hidden, act, cfg.embed_dim)
-        self.core = make_core(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers, cfg.forget_bias)
+        self.core = build_core(cfg, self.encoder.out_dim)
 
     def step(self, obs: Obs, state: State, is_first: torch.Tensor | None) -> tuple[torch.Tensor, State]:
         return self.core.step(self.encoder(obs), state, is_first)

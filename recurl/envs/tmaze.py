@@ -19,6 +19,13 @@ that ends behind schedule (fewer cells forward than steps taken) adds this rewar
 e.g. ``-1 / length``), so walking east is learned from every step rather than from the junction's reward
 alone. With ``max_steps = length + 1`` as well (their fixed horizon) only the cue is left to learn: long
 corridors then test memory, not exploration.
+
+``mask_actions`` (default false) gives the env an ``action_masks()`` method (sb3-contrib's convention, which
+recurl's collector reads): in the corridor only forward is valid, at the junction only the two turns. Walking
+is then not learned at all and every episode is exactly ``length + 1`` steps: the one decision left is the
+turn, so the task measures how long a delay the agent's memory spans and nothing else (the memory-length
+measurements in docs/cores.md). Without masks, walking ``length`` cells and then turning must be explored
+first, which at ``length >= 250`` is the harder part of the task.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class TMazeEnv(gym.Env[np.ndarray, np.int64]):
         bump_penalty: float = 0.1,
         wrong_penalty: float = 0.1,
         lag_penalty: float = 0.0,
+        mask_actions: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if length < 1:
@@ -52,6 +60,8 @@ class TMazeEnv(gym.Env[np.ndarray, np.int64]):
         self.bump_penalty = bump_penalty
         self.wrong_penalty = wrong_penalty
         self.lag_penalty = lag_penalty
+        if mask_actions:  # only then does the env have masks (recurl detects the method)
+            self.action_masks = self._action_masks
         self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(0.0, 1.0, (4,), np.float32)
         self.action_space = gym.spaces.Discrete(3)
@@ -65,6 +75,11 @@ class TMazeEnv(gym.Env[np.ndarray, np.int64]):
             obs[self._cue] = 1.0
         obs[3 if self._pos == self.length else 2] = 1.0
         return obs
+
+    def _action_masks(self) -> np.ndarray:
+        """``[3]`` bools: forward in the corridor, the two turns at the junction."""
+        junction = self._pos == self.length
+        return np.array([not junction, junction, junction])
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -8,6 +8,7 @@ critic's. Resets happen inside the cores, driven by ``is_first``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal, NamedTuple
@@ -16,11 +17,11 @@ import gymnasium as gym
 import torch
 from torch import nn
 
-from recurl.config import AT_LEAST_1, OneOf, Ranges, check_config, check_value
+from recurl.config import AT_LEAST_0, AT_LEAST_1, OneOf, Range, Ranges, check_config, check_value
 from recurl.errors import RecurlError
 from recurl.nn.encoders import Obs, ObsEncoder, RunningNorm, is_normalisable, mlp
 from recurl.nn.heads import ActionDist, ActionHead, AutoregressiveDist, AutoregressiveHead
-from recurl.nn.recurrent import CORE_KINDS, State, make_core
+from recurl.nn.recurrent import CORE_KINDS, MemoryCore, State, make_core
 
 Dist = ActionDist | AutoregressiveDist
 """What a policy's head returns: sample, mode, log_prob, entropy, kl, outputs."""
@@ -40,6 +41,17 @@ class NetworkConfig:
     """Stacked recurrent layers."""
     forget_bias: float = 1.0
     """Initial LSTM forget-gate bias; larger values help the untrained core carry a cue over long delays."""
+    chrono: int = 0
+    """Chrono initialisation (Tallec & Ollivier 2018) for delays up to this many steps, instead of
+    forget_bias: keep-gate biases log U(1, chrono - 1) for lstm (input gate: their negatives), gru, mingru
+    and minlstm. 0: off."""
+    lru_r_min: float = 0.9
+    """LRU only: the eigenvalues' moduli start uniform (in area) on the ring [lru_r_min, lru_r_max]; a
+    cue decays as |lambda|^delay, so long delays want the ring near 1 (e.g. 0.99-0.9999)."""
+    lru_r_max: float = 0.999
+    """LRU only: the ring's outer radius (< 1)."""
+    lru_max_phase: float = 2 * math.pi
+    """LRU only: the eigenvalues' phases start uniform on [0, lru_max_phase] (small: slow rotation)."""
     encoder_hidden: tuple[int, ...] = (64,)
     """MLP sizes between the observation encoding and the core (empty: feed the encoding directly)."""
     head_hidden: tuple[int, ...] = ()
@@ -55,11 +67,22 @@ class NetworkConfig:
     RANGES: ClassVar[Ranges] = {
         "core": OneOf(CORE_KINDS), "hidden_size": AT_LEAST_1, "num_layers": AT_LEAST_1,
         "encoder_hidden": AT_LEAST_1, "head_hidden": AT_LEAST_1, "activation": OneOf(tuple(ACTIVATIONS)),
-        "embed_dim": AT_LEAST_1,
+        "embed_dim": AT_LEAST_1, "chrono": AT_LEAST_0, "lru_r_min": Range(0, 1, hi_open=True),
+        "lru_r_max": Range(0, 1, lo_open=True, hi_open=True), "lru_max_phase": Range(0, lo_open=True),
     }
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.chrono == 1:
+            raise RecurlError("chrono must be 0 (off) or a delay of >= 2 steps, got 1")
+        if self.lru_r_min >= self.lru_r_max:
+            raise RecurlError(f"lru_r_min ({self.lru_r_min}) must be below lru_r_max ({self.lru_r_max})")
+
+
+def build_core(cfg: NetworkConfig, input_size: int, hard_sigmoid: bool = False) -> MemoryCore:
+    """The memory core a network config describes, reading ``input_size`` features per step."""
+    return make_core(cfg.core, input_size, cfg.hidden_size, cfg.num_layers, cfg.forget_bias, hard_sigmoid,
+                     cfg.chrono, (cfg.lru_r_min, cfg.lru_r_max), cfg.lru_max_phase)
 
 
 @dataclass(frozen=True)
@@ -110,7 +133,7 @@ class _Tower(nn.Module):
         super().__init__()
         act = ACTIVATIONS[cfg.activation]
         self.encoder = ObsEncoder(obs_space, cfg.encoder_hidden, act, cfg.embed_dim)
-        self.core = make_core(cfg.core, self.encoder.out_dim, cfg.hidden_size, cfg.num_layers, cfg.forget_bias)
+        self.core = build_core(cfg, self.encoder.out_dim)
         self.mlp = mlp([cfg.hidden_size, *cfg.head_hidden], act)
         self.out_dim = cfg.head_hidden[-1] if cfg.head_hidden else cfg.hidden_size
         self.residual = cfg.residual

@@ -138,18 +138,30 @@ class MemoryCore(nn.Module):
                 raise ValueError(f"state tensor must be [layers, B, H] = {want}, got {tuple(s.shape)}")
 
 
+def chrono_bias(hidden_size: int, horizon: int) -> torch.Tensor:
+    """Chrono initialisation (Tallec & Ollivier 2018): keep-gate biases ``log(u)``, ``u ~ U(1, horizon - 1)``,
+    so the untrained units' memory timescales (about ``u`` steps) spread over the delays the task has.
+    Returns ``[hidden_size]``; ``horizon >= 2``."""
+    if horizon < 2:
+        raise ValueError(f"chrono horizon must be >= 2 steps, got {horizon}")
+    return torch.log(1 + (horizon - 2) * torch.rand(hidden_size))
+
+
 def make_core(kind: str, input_size: int, hidden_size: int, num_layers: int = 1, forget_bias: float = 1.0,
-              hard_sigmoid: bool = False) -> MemoryCore:
+              hard_sigmoid: bool = False, chrono: int = 0, lru_ring: tuple[float, float] = (0.9, 0.999),
+              lru_max_phase: float = 2 * math.pi) -> MemoryCore:
     """Build a core by name: :class:`RecurrentCore` (``lstm``, ``gru``, ``rnn``, ``none``), :class:`ScanCore`
     (``mingru``, ``minlstm``, ``lru``), or with ``hard_sigmoid`` the article's :class:`HardSigmoidCore` (one
-    ``lstm`` or ``gru`` layer). ``forget_bias`` sets the initial keep gate of lstm, mingru and minlstm."""
+    ``lstm`` or ``gru`` layer). ``forget_bias`` sets the initial keep gate of lstm, mingru and minlstm;
+    ``chrono > 0`` replaces it by :func:`chrono_bias` for delays up to ``chrono`` steps (lstm, gru, mingru,
+    minlstm). ``lru_ring`` ``(r_min, r_max)`` and ``lru_max_phase``: the LRU's initial eigenvalues."""
     if kind in SCAN_KINDS and not hard_sigmoid:
-        return ScanCore(kind, input_size, hidden_size, num_layers, forget_bias)
+        return ScanCore(kind, input_size, hidden_size, num_layers, forget_bias, *lru_ring, lru_max_phase, chrono)
     if hard_sigmoid:
         if kind not in ("lstm", "gru") or num_layers != 1:
             raise ValueError("hard_sigmoid cells exist for a single lstm or gru layer only")
         return HardSigmoidCore(kind, input_size, hidden_size)
-    return RecurrentCore(kind, input_size, hidden_size, num_layers, forget_bias)
+    return RecurrentCore(kind, input_size, hidden_size, num_layers, forget_bias, chrono)
 
 
 class RecurrentCore(MemoryCore):
@@ -163,10 +175,14 @@ class RecurrentCore(MemoryCore):
             comparable depth and output scale).
         forget_bias: initial LSTM forget-gate bias (1.0: Jozefowicz et al. 2015, Keras's default; larger
             values make the untrained cell remember longer, which long-delay tasks need).
+        chrono: if > 0, chrono initialisation for delays up to this many steps instead: the LSTM's forget-gate
+            biases from :func:`chrono_bias` and its input-gate biases their negatives; the GRU's update
+            (keep) gate biases from :func:`chrono_bias`.
     """
 
     def __init__(
-        self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1, forget_bias: float = 1.0
+        self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1, forget_bias: float = 1.0,
+        chrono: int = 0,
     ) -> None:
         super().__init__()
         if kind not in CORE_KINDS or kind in SCAN_KINDS:
@@ -188,14 +204,26 @@ class RecurrentCore(MemoryCore):
         else:
             cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
             self.net = cls(input_size, hidden_size, num_layers=num_layers)
-            if kind == "lstm":
-                # The cell starts out remembering (forget gate sigmoid(1) ~ 0.73 rather than ~0.5).
-                with torch.no_grad():
-                    for name, p in self.net.named_parameters():
-                        if name.startswith("bias_ih"):
-                            p[hidden_size : 2 * hidden_size].fill_(forget_bias)
-                        elif name.startswith("bias_hh"):
-                            p[hidden_size : 2 * hidden_size].zero_()
+            if kind in ("lstm", "gru") and (kind == "lstm" or chrono):
+                self._init_keep_gates(forget_bias, chrono)
+
+    def _init_keep_gates(self, forget_bias: float, chrono: int) -> None:
+        """The cell starts out remembering: the LSTM's forget gate at ``sigmoid(forget_bias)`` (~0.73 rather
+        than ~0.5 at 1.0), or both cells' keep gates chrono-initialised. PyTorch's gate order: LSTM
+        ``(i, f, g, o)``, GRU ``(r, z, n)``; the hidden-to-hidden bias of the keep gate is zeroed."""
+        H = self.hidden_size
+        keep = slice(H, 2 * H)  # f for the LSTM, z for the GRU
+        with torch.no_grad():
+            for name, p in self.net.named_parameters():
+                if name.startswith("bias_ih"):
+                    bias = chrono_bias(H, chrono) if chrono else torch.full((H,), forget_bias)
+                    p[keep] = bias
+                    if chrono and self.kind == "lstm":
+                        p[:H] = -bias  # Tallec & Ollivier: input gate = -forget gate
+                elif name.startswith("bias_hh"):
+                    p[keep] = 0.0
+                    if chrono and self.kind == "lstm":
+                        p[:H] = 0.0
 
     # -- acting ---------------------------------------------------------------------------------------
     def step(
@@ -670,12 +698,14 @@ class _MinRNNLayer(nn.Module):
     ``h`` is ``[..., H]``; the layer's output is ``h`` itself.
     """
 
-    def __init__(self, kind: str, input_size: int, hidden_size: int, forget_bias: float) -> None:
+    def __init__(self, kind: str, input_size: int, hidden_size: int, forget_bias: float, chrono: int) -> None:
         super().__init__()
         self.minlstm = kind == "minlstm"
         self.proj = nn.Linear(input_size, (3 if self.minlstm else 2) * hidden_size)
-        with torch.no_grad():  # start out remembering, like the LSTM: keep = sigmoid(forget_bias) for minGRU
-            self.proj.bias[:hidden_size] = forget_bias if self.minlstm else -forget_bias
+        # start out remembering, like the LSTM: keep = sigmoid(bias) for minGRU, about that for minLSTM
+        bias = chrono_bias(hidden_size, chrono) if chrono else torch.full((hidden_size,), forget_bias)
+        with torch.no_grad():
+            self.proj.bias[:hidden_size] = bias if self.minlstm else -bias
 
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x[..., F]`` -> ``(a, b)``, each ``[..., H]``."""
@@ -783,11 +813,12 @@ class ScanCore(MemoryCore):
         input_size, hidden_size, num_layers: F, H (units per layer and output width), stacked layers.
         forget_bias: initial keep-gate bias of minGRU/minLSTM (keep ``sigmoid(1) ~ 0.73`` at 1.0).
         r_min, r_max, max_phase: LRU eigenvalue ring and phase range at initialisation.
+        chrono: if > 0, minGRU/minLSTM keep-gate biases from :func:`chrono_bias` instead of ``forget_bias``.
     """
 
     def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  forget_bias: float = 1.0, r_min: float = 0.9, r_max: float = 0.999,
-                 max_phase: float = 2 * math.pi) -> None:
+                 max_phase: float = 2 * math.pi, chrono: int = 0) -> None:
         super().__init__()
         if kind not in SCAN_KINDS:
             raise ValueError(f"unknown scan core {kind!r}: choose one of {', '.join(SCAN_KINDS)}")
@@ -800,7 +831,7 @@ class ScanCore(MemoryCore):
         H = hidden_size
         sizes = [input_size] + [H] * (num_layers - 1)
         self.mixers = nn.ModuleList(
-            _LRULayer(f, H, r_min, r_max, max_phase) if kind == "lru" else _MinRNNLayer(kind, f, H, forget_bias)
+            _LRULayer(f, H, r_min, r_max, max_phase) if kind == "lru" else _MinRNNLayer(kind, f, H, forget_bias, chrono)
             for f in sizes)
         # between layers only: a residual MLP costs 4 H^2 multiply-adds per step, more than a minGRU layer
         self.mlps = nn.ModuleList(
