@@ -3,7 +3,8 @@
 Usage: python bench/memory_length.py [--lengths 50 100 250 500 1000 1500] [--cores lstm gru mingru lru none]
                                      [--seed 0] [--report-only]
 
-Every run is recurrent PPO with one recipe (:func:`config`), the same for every core except its kind:
+Every run is recurrent PPO with one recipe (:func:`recurl.presets.tmaze_memory`; the presets ``tmaze-250`` ...
+``tmaze-1500`` are it with the LRU), the same for every core except its kind:
 
 - the task is ``recurl/TMaze-v0`` with ``mask_actions`` (forward is the only valid action in the corridor,
   the two turns the only ones at the junction) and its fixed horizon ``max_steps = L + 1``: the one

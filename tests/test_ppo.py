@@ -279,3 +279,21 @@ def test_max_grad_norm_zero_turns_clipping_off(monkeypatch: pytest.MonkeyPatch, 
     assert calls == ([max_grad_norm] if clips else [])
     with pytest.raises(RecurlError, match="max-grad-norm"):
         RecurrentPPO("recurl/TMaze-v0", max_grad_norm=-1.0)
+
+
+def test_predict_episode_start_resets_only_the_flagged_envs() -> None:
+    """predict's reset path: a flagged env acts exactly as from a fresh state, an unflagged one keeps its
+    memory (the fast path skips the reset arithmetic only when no env is flagged)."""
+    model = RecurrentPPO("recurl/TMaze-v0", num_envs=2, n_steps=8, batch_size=16, seed=3)
+    rng = np.random.default_rng(0)
+    obs = [rng.random((2, 4), dtype=np.float32) for _ in range(4)]
+    _, state = model.predict(obs[0], deterministic=True)
+    for o in obs[1:3]:
+        _, state = model.predict(o, state, episode_start=np.array([False, False]), deterministic=True)
+    _, after = model.predict(obs[3], state, episode_start=np.array([True, False]), deterministic=True)
+    _, fresh = model.predict(obs[3], None, deterministic=True)
+    _, kept = model.predict(obs[3], state, episode_start=np.array([False, False]), deterministic=True)
+    for a, f, k in zip(after, fresh, kept):
+        np.testing.assert_array_equal(a[:, 0], f[:, 0])  # env 0 restarted
+        np.testing.assert_array_equal(a[:, 1], k[:, 1])  # env 1 carried on
+        assert not np.allclose(k[:, 0], f[:, 0])  # and its memory did matter

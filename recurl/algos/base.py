@@ -146,10 +146,19 @@ class Algorithm:
         """Steps between choosing an action and executing it (behaviour cloning's ``action_delay``; else 0)."""
         return int(getattr(self.config, "action_delay", 0))
 
-    def _act(self, obs: Any, state: State, is_first: torch.Tensor,
+    def _act(self, obs: Any, state: State, is_first: torch.Tensor | None,
              mask: torch.Tensor | None) -> tuple[Any, State]:
         """One acting step of the policy (a hook: R2D2 passes its exploration epsilon)."""
         return self.policy.act(obs, state, is_first, mask)
+
+    def _act_state_shapes(self) -> list[tuple[int, int]]:
+        """``(layers, H)`` of each acting-state tensor, computed once per policy (``predict`` checks a user's
+        state against them on every call)."""
+        cached = getattr(self, "_shapes_cache", None)
+        if cached is None or cached[0] is not self.policy:
+            shapes = [(s.shape[0], s.shape[2]) for s in self.policy.initial_act_state(1, "cpu")]
+            cached = self._shapes_cache = (self.policy, shapes)
+        return cached[1]
 
     def predict(
         self,
@@ -177,12 +186,14 @@ class Algorithm:
         if state is None:
             torch_state = self.policy.initial_act_state(n, self.device)
         else:
-            shapes = [(s.shape[0], s.shape[2]) for s in self.policy.initial_act_state(1, "cpu")]
-            torch_state = tuple(torch.as_tensor(s, device=self.device) for s in check_state(state, shapes, n))
-        if episode_start is None:
-            is_first = torch.full((n,), state is None, dtype=torch.bool, device=self.device)
-        else:
-            is_first = torch.as_tensor(check_is_first(episode_start, n, "episode_start"), device=self.device)
+            torch_state = tuple(torch.as_tensor(s, device=self.device)
+                                for s in check_state(state, self._act_state_shapes(), n))
+        # No episode start (or a zero state, where a reset changes nothing): the core skips the reset.
+        is_first = None
+        if episode_start is not None:
+            first = check_is_first(episode_start, n, "episode_start")
+            if state is not None and first.any():
+                is_first = torch.as_tensor(first, device=self.device)
         mask = check_mask(action_masks, n, self.action_space, self.masked)
         with torch.inference_mode():
             dist, new_state = self._act(obs, torch_state, is_first,

@@ -453,7 +453,7 @@ class R2D2(ReplayAlgorithm):
         return self._loss(replay.gather(idx, np.ones(len(idx)), self.device))[1].cpu().numpy()
 
     # -- acting ------------------------------------------------------------------------------------------
-    def _act(self, obs: Obs, state: State, is_first: torch.Tensor,
+    def _act(self, obs: Obs, state: State, is_first: torch.Tensor | None,
              mask: torch.Tensor | None) -> tuple[EpsilonGreedy, State]:
         # predict(deterministic=False) explores with the config's epsilon; True takes argmax Q
         return self.policy.act(obs, state, is_first, mask, self.config.epsilon)
