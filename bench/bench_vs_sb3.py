@@ -275,6 +275,7 @@ def run_bench(out: str | Path = DOCS, quick: bool = False, seeds: int = 5, sb3: 
         res["recurl_solve"] = [recurl_time_to_solve("cartpole-novel-fast", s, eval_every=2) for s in range(seeds)]
         if sb3:
             res["sb3_solve"] = [sb3_time_to_solve(s, max_steps=30_000 if quick else 100_000) for s in range(seeds)]
+    res["load_end"] = os.getloadavg()[0]
     _report(res, Path(out))
     return res
 
@@ -290,7 +291,20 @@ def _agent_rate(n: int, backend: str = "torch") -> float:
 
 def _machine() -> dict[str, Any]:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "load_start": os.getloadavg()[0]}
+
+
+def _load_note(res: dict[str, Any]) -> str:
+    """Whether other work shared the machine: the 1-minute load average at the start and the end, against
+    the one core this benchmark keeps busy."""
+    loads = [res["machine"].get("load_start"), res.get("load_end")]
+    if None in loads:
+        return ""
+    busy = max(loads) > 1.5
+    return (f"Load average (1 min) at start / end: {loads[0]:.1f} / {loads[1]:.1f} on {res['machine']['cores']} "
+            "cores" + (": **the machine was loaded** (other work beside this benchmark's one busy core), so "
+                       "absolute numbers are pessimistic and both sides' ratios noisier." if busy else
+                       ": idle apart from this benchmark."))
 
 
 def _median_solve(runs: list[dict[str, Any]]) -> float | None:
@@ -337,6 +351,7 @@ def _report(res: dict[str, Any], out: Path) -> None:
         "",
         f"Machine: {res['machine']}. Regenerate with `python bench/bench_vs_sb3.py` (`--quick` for a smoke run).",
         "Ranges are min-max over repeats; the machine's noise shows in them.",
+        _load_note(res),
         "",
         *rows,
         "",
