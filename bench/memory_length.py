@@ -31,7 +31,6 @@ docs/memory_length.png from that JSON. One torch thread, CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from results_file import load_results, save_results
 
 from recurl import RecurrentPPO, evaluate_policy
 from recurl.checkpoint import atomic_write
@@ -68,13 +68,6 @@ def key(length: int, core: str, seed: int) -> str:
     return f"{length}|{core}|{seed}"
 
 
-def load() -> dict[str, Any]:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
-
-
-def save(results: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(RESULTS, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n"))
 
 
 def run_one(length: int, core: str, seed: int, run_dir: Path) -> dict[str, Any]:
@@ -95,7 +88,7 @@ def run_one(length: int, core: str, seed: int, run_dir: Path) -> dict[str, Any]:
 
 def sweep(lengths: list[int], cores: list[str], seed: int, run_root: Path) -> None:
     """Run every missing cell, lengths in increasing order, each core until it fails one."""
-    results = load()
+    results = load_results(RESULTS)
     for core in cores:
         for length in sorted(lengths):
             done = results["runs"].get(key(length, core, seed))
@@ -103,7 +96,7 @@ def sweep(lengths: list[int], cores: list[str], seed: int, run_root: Path) -> No
                 print(f"L={length} core={core} seed={seed} ...", flush=True)
                 done = run_one(length, core, seed, run_root / f"L{length}-{core}-{seed}")
                 results["runs"][key(length, core, seed)] = done
-                save(results)
+                save_results(RESULTS, results)
                 print(f"  success {done['success_rate']:.1%} in {done['env_steps']:,} steps, "
                       f"{done['train_s']:.0f} s", flush=True)
             if done["success_rate"] < SOLVED:
@@ -183,7 +176,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if not args.report_only:
         sweep(args.lengths, args.cores, args.seed, args.run_root)
-    results = load()
+    results = load_results(RESULTS)
     atomic_write(REPORT, lambda tmp: Path(tmp).write_text(report(results)))
     plot(results)
     print(report(results))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import shutil
@@ -32,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_file import load_results, save_results
 
 from recurl import RecurrentSAC, evaluate_policy
-from recurl.checkpoint import atomic_write
 from recurl.presets import preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,13 +55,6 @@ def key(env: str, core: str, seed: int) -> str:
     return f"{env}|{core}|{seed}"
 
 
-def load() -> dict:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
-
-
-def save(results: dict) -> None:
-    """Write the JSON atomically (a killed grid never leaves a half-written file)."""
-    atomic_write(RESULTS, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n"))
 
 
 def run_one(preset_name: str, env: str, core: str, seed: int, run_dir: Path, **extra: object) -> dict:
@@ -87,16 +79,16 @@ def run_one(preset_name: str, env: str, core: str, seed: int, run_dir: Path, **e
 
 def run_grid(grid: tuple[str, list[tuple[str, str]]], seeds: list[int], run_root: Path, **extra: object) -> None:
     preset_name, rows = grid
-    results = load()
+    results = load_results(RESULTS)
     todo = [(env, core, s) for env, core in rows for s in seeds if key(env, core, s) not in results["runs"]]
     print(f"{preset_name}: {len(todo)} runs to do, {len(rows) * len(seeds) - len(todo)} kept")
     for i, (env, core, seed) in enumerate(todo, 1):
         run_dir = run_root / f"{env.replace('/', '_')}-{core}-s{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a killed run restarts from scratch (its replay is not saved)
         r = run_one(preset_name, env, core, seed, run_dir, **extra)
-        results = load()
+        results = load_results(RESULTS)
         results["runs"][key(env, core, seed)] = r
-        save(results)
+        save_results(RESULTS, results)
         print(f"[{i}/{len(todo)}] {env} {core} seed {seed}: {r['mean_return']:.1f} +- {r['std_return']:.1f} "
               f"({FINAL_EPISODES} ep.), {r['wall_s']:.0f}s", flush=True)
 
@@ -182,7 +174,7 @@ def main() -> None:
         run_grid(PENDULUM, args.seeds, Path(args.runs))
         if args.mujoco:
             run_grid(MUJOCO, args.mujoco_seeds, Path(args.runs), total_steps=args.mujoco_steps)
-    results = load()
+    results = load_results(RESULTS)
     REPORT.write_text(report(results))
     plot(results)
     print(REPORT.read_text())

@@ -1,0 +1,217 @@
+"""POPGym Easy tasks with recurrent PPO: gru, lstm and the memoryless baseline (docs/popgym.md).
+
+Usage: python bench/popgym_suite.py [--seeds 0] [--envs RepeatPrevious ...] [--cores gru none lstm]
+                                    [--steps 500000] [--report-only]
+
+Needs popgym (``pip install 'recurl[popgym]'``); each task is its Gymnasium id
+``popgym-<Name>Easy-v0`` passed as ``env=``. Every run is recurrent PPO with one recipe, :data:`SETTINGS`,
+the same for every task and core; only the env, the core and the seed change (and the budget, ``--steps``,
+the same for the whole grid):
+
+- ``prev_action_reward``: the core sees the previous action and reward, as POPGym's memory models do;
+- 16 envs x ``n_steps`` 128, one BPTT window per env per rollout (``seq_len`` 0 = ``n_steps``): longer than
+  a whole Easy episode of the card tasks (51 steps for RepeatPrevious, RepeatFirst, CountRecall,
+  HigherLower; 103 for Autoencode; CartPole up to 200, MineSweeper a few), so most episodes lie whole in
+  one window (windows are not aligned to episodes; a window starts from the state stored while acting);
+- GRU / LSTM / memoryless core of 128 units after a 64-unit encoder, a separate critic core;
+- lr 3e-4 annealed, 4 epochs of 1024-sample minibatches (8 sequences), gamma 0.99, GAE 0.95, clip 0.2,
+  entropy 0.01, rewards normalised, the gradient's global norm clipped at 0.5 (POPGym's rewards are
+  dense: every step of the card tasks is scored, so the T-maze's starved actor does not apply).
+
+The score of a run is the mean return over ``FINAL_EPISODES`` deterministic episodes from seed
+``FINAL_SEED`` (POPGym normalises every task's return to [-1, 1]), with the env steps, the training wall
+time and the machine. Results go to docs/results/popgym.json after every run (atomically), keyed by env,
+core, seed and budget, so a killed grid resumes with its missing cells; ``--report-only`` rewrites
+docs/results/popgym.md and docs/popgym.png from that JSON. The grid runs all tasks with gru and none
+first, then lstm (then lru), one torch thread; CUDA when present (``device="auto"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from results_file import load_results, save_results
+from tqdm import tqdm
+
+from recurl import RecurrentPPO, evaluate_policy
+from recurl.checkpoint import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results" / "popgym.json"
+REPORT = ROOT / "docs" / "results" / "popgym.md"
+PLOT = ROOT / "docs" / "popgym.png"
+ENVS = ("RepeatPrevious", "RepeatFirst", "CountRecall", "Autoencode", "PositionOnlyCartPole",
+        "NoisyPositionOnlyCartPole", "MineSweeper", "HigherLower")
+CORES = ("gru", "none", "lstm", "lru")  # the order the grid runs them in: memory and its baseline first
+DIFFICULTY = "Easy"
+STEPS = 500_000
+FINAL_EPISODES, FINAL_SEED = 100, 10_000
+
+#: the one PPO recipe of the grid (the env, the core, the seed and the budget are set per run)
+SETTINGS: dict[str, Any] = {
+    "num_envs": 16, "n_steps": 128, "seq_len": 0, "batch_size": 1024, "n_epochs": 4,
+    "learning_rate": 3e-4, "anneal_lr": True, "gamma": 0.99, "gae_lambda": 0.95, "clip_range": 0.2,
+    "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize_reward": True,
+    "prev_action_reward": True, "threads": 1, "device": "auto",
+    "policy": {"hidden_size": 128, "encoder_hidden": (64,), "shared_core": False},
+}
+
+
+def env_id(name: str) -> str:
+    return f"popgym-{name}{DIFFICULTY}-v0"
+
+
+def config(name: str, core: str, seed: int, steps: int) -> dict[str, Any]:
+    return {**SETTINGS, "env": env_id(name), "seed": seed, "total_steps": steps,
+            "policy": {**SETTINGS["policy"], "core": core}}
+
+
+def key(name: str, core: str, seed: int, steps: int) -> str:
+    return f"{env_id(name)}|{core}|{seed}|{steps}"
+
+
+
+
+def run_one(name: str, core: str, seed: int, steps: int, run_dir: Path) -> dict[str, Any]:
+    """Train one (env, core, seed) cell into ``run_dir`` (replaced) and score it on the final episodes."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    model = RecurrentPPO(**config(name, core, seed, steps))
+    start = time.perf_counter()
+    model.learn(run_dir=run_dir, progress_bar=False)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = evaluate_policy(model, n_episodes=FINAL_EPISODES, seed=FINAL_SEED)
+    eval_s = time.perf_counter() - start
+    device = str(getattr(model, "device", "cpu"))
+    return {"env": env_id(name), "task": name, "core": core, "seed": seed, "budget": steps,
+            "env_steps": model.num_timesteps, "mean_return": result["mean_return"],
+            "std_return": result["std_return"], "episodes": FINAL_EPISODES,
+            "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+            "steps_per_s": round(model.num_timesteps / train_s),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread, "
+                       f"{device}"}
+
+
+def grid(envs: list[str], cores: list[str], seeds: list[int], steps: int, run_root: Path) -> None:
+    """Run every missing cell: seed by seed, cores in :data:`CORES` order, every task per core."""
+    results = load_results(RESULTS)
+    cells = [(n, c, s) for s in seeds for c in CORES if c in cores for n in ENVS if n in envs]
+    todo = [cell for cell in cells if key(*cell, steps) not in results["runs"]]
+    print(f"{len(todo)} runs to do, {len(cells) - len(todo)} kept", flush=True)
+    with tqdm(todo, desc="popgym grid", unit="run") as bar:
+        for name, core, seed in bar:
+            bar.set_postfix_str(f"{name} {core} s{seed}")
+            r = run_one(name, core, seed, steps, run_root / f"{name}-{core}-s{seed}")
+            results = load_results(RESULTS)
+            results["runs"][key(name, core, seed, steps)] = r
+            save_results(RESULTS, results)
+            bar.write(f"{name} {core} seed {seed}: {r['mean_return']:+.3f} ({r['env_steps']:,} steps, "
+                      f"{r['train_s']:.0f} s, {r['steps_per_s']:,} steps/s)")
+
+
+def cells_of(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(task, core) -> its runs (by seed), tasks and cores in grid order."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    runs = sorted(results["runs"].values(), key=lambda r: (ENVS.index(r["task"]), CORES.index(r["core"]),
+                                                          r["seed"], r["budget"]))
+    for r in runs:
+        out.setdefault((r["task"], r["core"]), []).append(r)
+    return out
+
+
+def report(results: dict[str, Any]) -> str:
+    """The Markdown table: one row per task, one column per core (mean return over seeds, per seed)."""
+    cells = cells_of(results)
+    cores = [c for c in CORES if any(k[1] == c for k in cells)]
+    tasks = [n for n in ENVS if any(k[0] == n for k in cells)]
+    lines = ["| task (Easy) | " + " | ".join(cores) + " | best memory core - none |",
+             "|---|" + "---:|" * len(cores) + "---:|"]
+    for task in tasks:
+        row, means = [], {}
+        for core in cores:
+            rs = cells.get((task, core), [])
+            if rs:
+                means[core] = sum(r["mean_return"] for r in rs) / len(rs)
+                seeds = ", ".join(f"s{r['seed']}" for r in rs)
+                row.append(f"**{means[core]:+.2f}** ({seeds}; {rs[0]['budget'] / 1e3:.0f}k, "
+                           f"{sum(r['train_s'] for r in rs) / len(rs) / 60:.1f} min)")
+            else:
+                row.append("not run")
+        mem = [m for c, m in means.items() if c != "none"]
+        gap = f"{max(mem) - means['none']:+.2f}" if mem and "none" in means else "-"
+        lines.append(f"| {task} | " + " | ".join(row) + f" | {gap} |")
+    runs = list(results["runs"].values())
+    machines = "; ".join(sorted({r["machine"] for r in runs}))
+    seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))
+    budgets = ", ".join(f"{b:,}" for b in sorted({r["budget"] for r in runs}))
+    total_h = sum(r["train_s"] + r["eval_s"] for r in runs) / 3600
+    lines += ["", f"Each cell: mean return over {FINAL_EPISODES} deterministic episodes from seed {FINAL_SEED} "
+                  f"(returns in [-1, 1]), the seeds, the budget (env steps) and the training wall time per run. "
+                  f"Seeds: {seeds}. Budget: {budgets} env steps per run. {len(runs)} runs, "
+                  f"{total_h:.2f} h in all. Machine: {machines}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any]) -> None:
+    """Grouped bars: final return per task, one bar per core."""
+    import matplotlib  # plotting is optional for the grid itself
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = cells_of(results)
+    cores = [c for c in CORES if any(k[1] == c for k in cells)]
+    tasks = [n for n in ENVS if any(k[0] == n for k in cells)]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / max(len(cores), 1)
+    for i, core in enumerate(cores):
+        xs, ys, dots = [], [], []
+        for j, task in enumerate(tasks):
+            rs = cells.get((task, core), [])
+            if rs:
+                xs.append(j + (i - (len(cores) - 1) / 2) * width)
+                ys.append(sum(r["mean_return"] for r in rs) / len(rs))
+                dots += [(xs[-1], r["mean_return"]) for r in rs]
+        ax.bar(xs, ys, width, label=core)
+        ax.plot(*zip(*dots), ls="", marker=".", color="black", ms=4)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=20, fontsize=8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel(f"mean return ({FINAL_EPISODES} det. episodes)")
+    seeds = sorted({r["seed"] for r in results["runs"].values()})
+    ax.set_title(f"POPGym {DIFFICULTY} tasks, recurrent PPO: bars the mean over seeds, dots each seed "
+                 f"(seeds run: {seeds}, not every cell has all)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
+    p.add_argument("--cores", nargs="+", default=["gru", "none", "lstm"], choices=CORES)
+    p.add_argument("--steps", type=int, default=STEPS, help="env steps per run")
+    p.add_argument("--run-root", type=Path, default=Path("runs/popgym"))
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if not args.report_only:
+        grid(args.envs, args.cores, args.seeds, args.steps, args.run_root)
+    results = load_results(RESULTS)
+    atomic_write(REPORT, lambda tmp: Path(tmp).write_text(report(results)))
+    if results["runs"]:
+        plot(results)
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""A benchmark grid's results as one JSON file (``{"runs": {key: result}}``), rewritten atomically after every
+run, so that a killed grid never leaves a half-written file and resumes with the cells it has not run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from recurl.checkpoint import atomic_write
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """The results so far (``{"runs": {}}`` before the first run)."""
+    return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+
+
+def save_results(path: Path, results: dict[str, Any]) -> None:
+    """Write ``results`` to ``path`` atomically (written aside, then renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n"))
