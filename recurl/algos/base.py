@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -151,14 +152,11 @@ class Algorithm:
         """One acting step of the policy (a hook: R2D2 passes its exploration epsilon)."""
         return self.policy.act(obs, state, is_first, mask)
 
-    def _act_state_shapes(self) -> list[tuple[int, int]]:
-        """``(layers, H)`` of each acting-state tensor, computed once per policy (``predict`` checks a user's
-        state against them on every call)."""
-        cached = getattr(self, "_shapes_cache", None)
-        if cached is None or cached[0] is not self.policy:
-            shapes = [(s.shape[0], s.shape[2]) for s in self.policy.initial_act_state(1, "cpu")]
-            cached = self._shapes_cache = (self.policy, shapes)
-        return cached[1]
+    @functools.cached_property
+    def act_state_shapes(self) -> list[tuple[int, int]]:
+        """``(layers, H)`` of each acting-state tensor (``predict`` checks a user's state against them on
+        every call; the policy is built once, so they are computed once)."""
+        return [(s.shape[0], s.shape[2]) for s in self.policy.initial_act_state(1, "cpu")]
 
     def predict(
         self,
@@ -187,7 +185,7 @@ class Algorithm:
             torch_state = self.policy.initial_act_state(n, self.device)
         else:
             torch_state = tuple(torch.as_tensor(s, device=self.device)
-                                for s in check_state(state, self._act_state_shapes(), n))
+                                for s in check_state(state, self.act_state_shapes, n))
         # No episode start (or a zero state, where a reset changes nothing): the core skips the reset.
         is_first = None
         if episode_start is not None:

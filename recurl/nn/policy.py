@@ -74,9 +74,9 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         check_config(self)
         if self.chrono == 1:
-            raise RecurlError("chrono must be 0 (off) or a delay of >= 2 steps, got 1")
+            raise RecurlError("--chrono must be 0 (off) or a delay of >= 2 steps, got 1")
         if self.lru_r_min >= self.lru_r_max:
-            raise RecurlError(f"lru_r_min ({self.lru_r_min}) must be below lru_r_max ({self.lru_r_max})")
+            raise RecurlError(f"--lru-r-min ({self.lru_r_min}) must be below --lru-r-max ({self.lru_r_max})")
 
 
 def build_core(cfg: NetworkConfig, input_size: int, hard_sigmoid: bool = False) -> MemoryCore:

@@ -147,6 +147,12 @@ def chrono_bias(hidden_size: int, horizon: int) -> torch.Tensor:
     return torch.log(1 + (horizon - 2) * torch.rand(hidden_size))
 
 
+def keep_gate_bias(hidden_size: int, forget_bias: float, chrono: int) -> torch.Tensor:
+    """The initial keep-gate biases ``[hidden_size]``: :func:`chrono_bias` when ``chrono > 0``, else
+    ``forget_bias`` for every unit."""
+    return chrono_bias(hidden_size, chrono) if chrono else torch.full((hidden_size,), float(forget_bias))
+
+
 def make_core(kind: str, input_size: int, hidden_size: int, num_layers: int = 1, forget_bias: float = 1.0,
               hard_sigmoid: bool = False, chrono: int = 0, lru_ring: tuple[float, float] = (0.9, 0.999),
               lru_max_phase: float = 2 * math.pi) -> MemoryCore:
@@ -204,7 +210,7 @@ class RecurrentCore(MemoryCore):
         else:
             cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
             self.net = cls(input_size, hidden_size, num_layers=num_layers)
-            if kind in ("lstm", "gru") and (kind == "lstm" or chrono):
+            if kind == "lstm" or (kind == "gru" and chrono):  # the GRU keeps PyTorch's init otherwise
                 self._init_keep_gates(forget_bias, chrono)
 
     def _init_keep_gates(self, forget_bias: float, chrono: int) -> None:
@@ -216,7 +222,7 @@ class RecurrentCore(MemoryCore):
         with torch.no_grad():
             for name, p in self.net.named_parameters():
                 if name.startswith("bias_ih"):
-                    bias = chrono_bias(H, chrono) if chrono else torch.full((H,), forget_bias)
+                    bias = keep_gate_bias(H, forget_bias, chrono)
                     p[keep] = bias
                     if chrono and self.kind == "lstm":
                         p[:H] = -bias  # Tallec & Ollivier: input gate = -forget gate
@@ -703,7 +709,7 @@ class _MinRNNLayer(nn.Module):
         self.minlstm = kind == "minlstm"
         self.proj = nn.Linear(input_size, (3 if self.minlstm else 2) * hidden_size)
         # start out remembering, like the LSTM: keep = sigmoid(bias) for minGRU, about that for minLSTM
-        bias = chrono_bias(hidden_size, chrono) if chrono else torch.full((hidden_size,), forget_bias)
+        bias = keep_gate_bias(hidden_size, forget_bias, chrono)
         with torch.no_grad():
             self.proj.bias[:hidden_size] = bias if self.minlstm else -bias
 
