@@ -29,6 +29,8 @@ first, then lstm (then lru), one torch thread; CUDA when present (``device="auto
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -42,26 +44,20 @@ from tqdm import tqdm
 
 from recurl import RecurrentPPO, evaluate_policy
 from recurl.checkpoint import atomic_write
+from recurl.presets import POPGYM_TASKS, popgym_ppo
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "popgym.json"
 REPORT = ROOT / "docs" / "results" / "popgym.md"
 PLOT = ROOT / "docs" / "popgym.png"
-ENVS = ("RepeatPrevious", "RepeatFirst", "CountRecall", "Autoencode", "PositionOnlyCartPole",
-        "NoisyPositionOnlyCartPole", "MineSweeper", "HigherLower")
+ENVS = POPGYM_TASKS
 CORES = ("gru", "none", "lstm", "lru")  # the order the grid runs them in: memory and its baseline first
 DIFFICULTY = "Easy"
 STEPS = 500_000
 FINAL_EPISODES, FINAL_SEED = 100, 10_000
 
-#: the one PPO recipe of the grid (the env, the core, the seed and the budget are set per run)
-SETTINGS: dict[str, Any] = {
-    "num_envs": 16, "n_steps": 128, "seq_len": 0, "batch_size": 1024, "n_epochs": 4,
-    "learning_rate": 3e-4, "anneal_lr": True, "gamma": 0.99, "gae_lambda": 0.95, "clip_range": 0.2,
-    "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize_reward": True,
-    "prev_action_reward": True, "threads": 1, "device": "auto",
-    "policy": {"hidden_size": 128, "encoder_hidden": (64,), "shared_core": False},
-}
+#: how every run of the grid is made beyond its preset: one torch thread, CUDA when present
+RUN = {"threads": 1, "device": "auto"}
 
 
 def env_id(name: str) -> str:
@@ -69,12 +65,20 @@ def env_id(name: str) -> str:
 
 
 def config(name: str, core: str, seed: int, steps: int) -> dict[str, Any]:
-    return {**SETTINGS, "env": env_id(name), "seed": seed, "total_steps": steps,
-            "policy": {**SETTINGS["policy"], "core": core}}
+    """The grid's run: the ``popgym-<Name>`` preset's recipe with this core, seed and budget."""
+    return {**popgym_ppo(name, core, DIFFICULTY, seed, steps)[1], **RUN}
+
+
+def recipe_id() -> str:
+    """A short hash of the recipe (the settings every run shares), part of each result's key, so results
+    of an earlier recipe are never mixed into a table of this one."""
+    shared = {k: v for k, v in config(ENVS[0], "gru", 0, STEPS).items() if k not in ("env", "seed", "total_steps")}
+    shared["policy"] = {k: v for k, v in shared["policy"].items() if k != "core"}
+    return hashlib.sha1(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def key(name: str, core: str, seed: int, steps: int) -> str:
-    return f"{env_id(name)}|{core}|{seed}|{steps}"
+    return f"{env_id(name)}|{core}|{seed}|{steps}|{recipe_id()}"
 
 
 
@@ -90,7 +94,7 @@ def run_one(name: str, core: str, seed: int, steps: int, run_dir: Path) -> dict[
     result = evaluate_policy(model, n_episodes=FINAL_EPISODES, seed=FINAL_SEED)
     eval_s = time.perf_counter() - start
     device = str(getattr(model, "device", "cpu"))
-    return {"env": env_id(name), "task": name, "core": core, "seed": seed, "budget": steps,
+    return {"env": env_id(name), "task": name, "core": core, "seed": seed, "budget": steps, "recipe": recipe_id(),
             "env_steps": model.num_timesteps, "mean_return": result["mean_return"],
             "std_return": result["std_return"], "episodes": FINAL_EPISODES,
             "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
@@ -116,10 +120,15 @@ def grid(envs: list[str], cores: list[str], seeds: list[int], steps: int, run_ro
                       f"{r['train_s']:.0f} s, {r['steps_per_s']:,} steps/s)")
 
 
+def current_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of this recipe (:func:`recipe_id`): the table and plot show nothing else."""
+    return [r for r in results["runs"].values() if r.get("recipe") == recipe_id()]
+
+
 def cells_of(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """(task, core) -> its runs (by seed), tasks and cores in grid order."""
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    runs = sorted(results["runs"].values(), key=lambda r: (ENVS.index(r["task"]), CORES.index(r["core"]),
+    runs = sorted(current_runs(results), key=lambda r: (ENVS.index(r["task"]), CORES.index(r["core"]),
                                                           r["seed"], r["budget"]))
     for r in runs:
         out.setdefault((r["task"], r["core"]), []).append(r)
@@ -147,7 +156,7 @@ def report(results: dict[str, Any]) -> str:
         mem = [m for c, m in means.items() if c != "none"]
         gap = f"{max(mem) - means['none']:+.2f}" if mem and "none" in means else "-"
         lines.append(f"| {task} | " + " | ".join(row) + f" | {gap} |")
-    runs = list(results["runs"].values())
+    runs = current_runs(results)
     machines = "; ".join(sorted({r["machine"] for r in runs}))
     seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))
     budgets = ", ".join(f"{b:,}" for b in sorted({r["budget"] for r in runs}))
@@ -186,7 +195,7 @@ def plot(results: dict[str, Any]) -> None:
     ax.set_ylim(-1.05, 1.05)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel(f"mean return ({FINAL_EPISODES} det. episodes)")
-    seeds = sorted({r["seed"] for r in results["runs"].values()})
+    seeds = sorted({r["seed"] for r in current_runs(results)})
     ax.set_title(f"POPGym {DIFFICULTY} tasks, recurrent PPO: bars the mean over seeds, dots each seed "
                  f"(seeds run: {seeds}, not every cell has all)", fontsize=10)
     ax.legend(fontsize=8)
@@ -208,7 +217,7 @@ def main() -> None:
         grid(args.envs, args.cores, args.seeds, args.steps, args.run_root)
     results = load_results(RESULTS)
     atomic_write(REPORT, lambda tmp: Path(tmp).write_text(report(results)))
-    if results["runs"]:
+    if current_runs(results):
         plot(results)
     print(report(results))
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recurl.acting import TracedAct
 from recurl.collector import ActionQueue, env_action
 from recurl.errors import RecurlError
 from recurl.export import export_onnx
@@ -64,6 +65,8 @@ class Agent:
         # sampling on onnx: the stochastic graph, fed noise from this agent's generator
         self._onnx = _OnnxStep(model, stochastic=not deterministic) if backend == "onnx" else None
         self._rng = np.random.default_rng(seed)
+        # backend "torch": the same step traced per call shape (recurl.acting), eager where it cannot be
+        self._traced = TracedAct(self.policy, self.observation_space, self.action_space, self.masked)
         shapes = self._onnx.state_shapes if self._onnx else [tuple(s.shape) for s in
                                                               self.policy.initial_act_state(1, "cpu")]
         self._shapes = [(layers, hidden) for layers, _, hidden in shapes]
@@ -155,8 +158,12 @@ class Agent:
             action, new_state = self._onnx(x, state, is_first, mask, noise)
             return env_action(self.action_space, action), new_state
         with torch.inference_mode():
-            dist, new_state = self.policy.act(x, state, is_first, mask)
-            action = dist.mode() if self.deterministic else dist.sample()
+            fast = self._traced(x, state, is_first, mask, self.deterministic)
+            if fast is None:  # a step the tracer cannot take
+                dist, new_state = self.policy.act(x, state, is_first, mask)
+                action = dist.mode() if self.deterministic else dist.sample()
+            else:
+                action, new_state = fast
         return env_action(self.action_space, action), new_state
 
     def _is_first(self, is_first: Any, n: int) -> torch.Tensor | None:

@@ -40,13 +40,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 
+from recurl.acting import ActStep, example_inputs, obs_input_names
 from recurl.checkpoint import space_to_json
 from recurl.collector import default_action
 from recurl.errors import RecurlError
-from recurl.nn.heads import noise_width
-from recurl.obs import _torch_dtype, mask_width
 from recurl.runs import load_model
 from recurl.version import __version__
 
@@ -54,83 +52,17 @@ METADATA_KEY = "recurl"
 OPSET = 17
 
 
-def obs_input_names(space: gym.Space) -> list[str]:
-    """``["obs"]`` for a plain space; ``["obs.<key>", ...]`` in sorted key order for a Dict space."""
-    return [f"obs.{key}" if key is not None else "obs" for key in _leaf_keys(space)]
-
-
-def _leaf_keys(space: gym.Space) -> list[str | None]:
-    return sorted(space.spaces) if isinstance(space, gym.spaces.Dict) else [None]
-
-
-class OnnxStep(nn.Module):
-    """Export-only module: one acting step of ``policy`` with explicit state and ``is_first`` masking.
-
-    ``forward(*obs_leaves, *state, is_first)`` with obs leaves ``[B, ...]`` in :func:`obs_input_names`
-    order, state tensors ``[layers, B, H]`` in ``policy.act_state_names`` order and ``is_first`` float
-    ``[B]`` (when there is a state), then ``action_mask`` float ``[B, n]`` (masked policies).
-    Returns ``(action, *dist.outputs(), *new_state)``.
-    """
-
-    def __init__(self, policy: nn.Module, observation_space: gym.Space, action_space: gym.Space,
-                 masked: bool = False, stochastic: bool = False) -> None:
-        super().__init__()
-        self.policy = policy
-        self.keys = _leaf_keys(observation_space)
-        self.n_state = len(policy.act_state_names)
-        self.masked = masked
-        self.mask_width = mask_width(action_space) if masked else 0
-        self.box = isinstance(action_space, gym.spaces.Box)
-        # a stochastic graph samples from noise it is given: U(0, 1) (discrete) or N(0, 1) (Box) per value
-        self.noise_width = noise_width(action_space) if stochastic else 0
-        if self.box:
-            self.register_buffer("low", torch.as_tensor(np.asarray(action_space.low, np.float32).reshape(-1)))
-            self.register_buffer("high", torch.as_tensor(np.asarray(action_space.high, np.float32).reshape(-1)))
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        dist, new_state = self.policy.act(*_split(self, list(inputs)))
-        action = dist.sample_with(inputs[-1]) if self.noise_width else dist.mode()
-        if self.box:
-            action = torch.minimum(torch.maximum(action, self.low), self.high)
-        return (action, *dist.outputs().values(), *new_state)
-
-
-def _example_inputs(policy: nn.Module, observation_space: gym.Space, batch: int, seed: int = 0,
-                    mask_width: int = 0, noise: tuple[int, bool] = (0, False)) -> list[torch.Tensor]:
-    """Random valid inputs for a batch: observations from the space, random state, mixed ``is_first``."""
-    gen = torch.Generator().manual_seed(seed)
-    spaces = observation_space.spaces if isinstance(observation_space, gym.spaces.Dict) else {None: observation_space}
-    leaves = []
-    for key in _leaf_keys(observation_space):
-        space = copy.deepcopy(spaces[key])
-        space.seed(seed)
-        a = np.stack([space.sample() for _ in range(batch)])
-        if np.issubdtype(a.dtype, np.floating):  # unbounded Box samples can be huge: keep them moderate
-            a = np.clip(a, -5.0, 5.0)
-        leaves.append(torch.as_tensor(a, dtype=_torch_dtype(space)))
-    state = [torch.randn(s.shape, generator=gen) for s in policy.initial_act_state(batch, "cpu")]
-    is_first = [(torch.arange(batch) % 2).float()] if state else []
-    masks = []
-    if mask_width:  # random masks with the first action always valid
-        m = (torch.rand(batch, mask_width, generator=gen) < 0.6).float()
-        m[:, 0] = 1.0
-        masks = [m]
-    width, box = noise
-    noises = [(torch.randn if box else torch.rand)(batch, width, generator=gen)] if width else []
-    return [*leaves, *state, *is_first, *masks, *noises]
-
-
 def _describe(name: str, t: torch.Tensor) -> dict[str, Any]:
     return {"name": name, "shape": ["B", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
 
 
-def interface(model: Any, step: OnnxStep) -> dict[str, Any]:
+def interface(model: Any, step: ActStep) -> dict[str, Any]:
     """The exported graph's interface as JSON (stored in ``metadata_props["recurl"]``); shapes use ``"B"``
     for the dynamic batch axis. Output names and shapes come from running ``step`` once."""
     policy, obs_space, act_space = step.policy, model.observation_space, model.action_space
-    example = _example_inputs(policy, obs_space, batch=2, mask_width=step.mask_width, noise=_noise(step))
+    example = example_inputs(step, obs_space, batch=2)
     with torch.no_grad():
-        dist, state = policy.act(*_split(step, example))
+        dist, state = policy.act(*step.split(example))
     names = list(policy.act_state_names)
     cfg = model.config.policy
     state_shape = [int(s.shape[0]), "B", int(s.shape[2])] if (s := next(iter(state), None)) is not None else []
@@ -165,21 +97,6 @@ def interface(model: Any, step: OnnxStep) -> dict[str, Any]:
     }
 
 
-def _split(step: OnnxStep, inputs: list[torch.Tensor]) -> tuple[Any, tuple, torch.Tensor | None,
-                                                                torch.Tensor | None]:
-    """Graph inputs -> ``(obs, state, is_first, mask)`` as ``policy.act`` takes them."""
-    n_obs = len(step.keys)
-    leaves, state = inputs[:n_obs], tuple(inputs[n_obs : n_obs + step.n_state])
-    obs = leaves[0] if step.keys == [None] else dict(zip(step.keys, leaves))
-    is_first = inputs[n_obs + step.n_state] > 0.5 if step.n_state else None
-    mask = inputs[n_obs + step.n_state + bool(step.n_state)] > 0.5 if step.masked else None
-    return obs, state, is_first, mask
-
-
-def _noise(step: OnnxStep) -> tuple[int, bool]:
-    return step.noise_width, step.box
-
-
 def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool = True,
                 stochastic: bool = False) -> dict[str, Any]:
     """Write the acting step of ``model`` (a run directory, or a loaded/trained model of any algorithm)
@@ -201,12 +118,11 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool =
     if isinstance(model, str | Path):
         model = load_model(model, device="cpu")
     policy = copy.deepcopy(model.policy).cpu().eval().requires_grad_(False)
-    step = OnnxStep(policy, model.observation_space, model.action_space, bool(getattr(model, "masked", False)),
+    step = ActStep(policy, model.observation_space, model.action_space, bool(getattr(model, "masked", False)),
                     stochastic).eval()
     if stochastic:
         with torch.no_grad():
-            dist, _ = policy.act(*_split(step, _example_inputs(policy, model.observation_space, 1,
-                                                               mask_width=step.mask_width, noise=_noise(step))))
+            dist, _ = policy.act(*step.split(example_inputs(step, model.observation_space, 1)))
         if not hasattr(dist, "sample_with"):
             raise RecurlError(f"a stochastic graph samples a policy's distribution; the {model.algo} model's acting "
                               "step has none (export it without --stochastic)")
@@ -214,8 +130,7 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool =
     in_names = [d["name"] for d in meta["inputs"]]
     out_names = [d["name"] for d in meta["outputs"]]
     dyn = {d["name"]: {d["shape"].index("B"): "B"} for d in [*meta["inputs"], *meta["outputs"]]}
-    example = _example_inputs(policy, model.observation_space, batch=2, mask_width=step.mask_width,
-                              noise=_noise(step))  # 2: no 1-axis
+    example = example_inputs(step, model.observation_space, batch=2)  # 2: no 1-axis
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and RNN batch-size notes
@@ -234,13 +149,13 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, verify: bool =
     return meta
 
 
-def _verify_runtime(data: bytes, step: OnnxStep, obs_space: gym.Space, in_names: list[str]) -> None:
+def _verify_runtime(data: bytes, step: ActStep, obs_space: gym.Space, in_names: list[str]) -> None:
     """Run the graph in onnxruntime on a fresh random batch of 3 and compare it with the PyTorch module."""
     try:
         import onnxruntime as ort
     except ImportError:
         return
-    inputs = _example_inputs(step.policy, obs_space, batch=3, seed=1, mask_width=step.mask_width, noise=_noise(step))
+    inputs = example_inputs(step, obs_space, batch=3, seed=1)
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = sess.run(None, {n: t.numpy() for n, t in zip(in_names, inputs)})
     with torch.no_grad():

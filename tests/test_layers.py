@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "recurl.errors": 0, "recurl.util": 0, "recurl.version": 0,
     "recurl.nn": 1, "recurl.envs": 1, "recurl.data": 1, "recurl.obs": 1, "recurl.checkpoint": 1,
     "recurl.logger": 1, "recurl.config": 1,
-    "recurl.collector": 2, "recurl.evaluation": 2,
+    "recurl.collector": 2, "recurl.evaluation": 2, "recurl.acting": 2,
     "recurl.algos": 3,
     "recurl": 4, "recurl.runs": 4, "recurl.export": 4, "recurl.agent": 4, "recurl.record": 4, "recurl.play": 4,
     "recurl.enjoy": 4, "recurl.diagnose": 4, "recurl.presets": 4, "recurl.cli": 4,

@@ -203,10 +203,12 @@ def test_split_is_by_content_never_by_name(data_dir: Path, tmp_path: Path) -> No
     for name in FRAMES:
         shutil.copy(SLP / name, src / name)
     shutil.copy(SLP / "peppi_game.slp", src / "copy_of_game.slp")  # the same game under another name
-    prepare(src, tmp_path / "data", ruleset="any", progress=False)
+    rep = prepare(src, tmp_path / "data", ruleset="any", progress=False)
     persp = D.perspectives(tmp_path / "data")
     sha = {p.game: p.sha256 for p in persp}
-    assert sha["copy_of_game.slp"] == sha["peppi_game.slp"]
+    # the same content is one game: prepared once (the first name in sorted order), the other reported
+    assert [(d["file"], d["duplicate_of"]) for d in rep.duplicates] == [("peppi_game.slp", "copy_of_game.slp")]
+    assert "copy_of_game.slp" in sha and "peppi_game.slp" not in sha and len(set(sha.values())) == len(sha)
     from recurl.algos.melee import MeleeConfig, make_split
 
     for seed in range(6):
@@ -372,6 +374,8 @@ def test_agent_observations_equal_the_dataset_and_backends_agree(tiny_run: Path,
     d = agents[0].delay
     assert t > 3 * d
     assert np.array_equal(np.stack(pressed[0]), np.stack(pressed[1]))  # torch == onnx
+    traced = agents[0].agent._traced  # the torch backend ran the traced step (recurl.acting), not eager
+    assert traced._graphs and all(g is not None for g in traced._graphs.values()), traced.eager_reasons
     assert all(np.array_equal(a, NEUTRAL) for a in pressed[0][: d - 1])
     assert all(np.array_equal(pressed[0][k], chosen[k - (d - 1)]) for k in range(d - 1, t))
     sampler = MeleeAgent(tiny_run, port=1, opponent_port=2, backend="onnx", seed=0)  # the stochastic graph

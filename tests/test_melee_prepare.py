@@ -1,5 +1,6 @@
 """``recurl melee prepare``'s readers: the libmelee fallback for replays peppi-py cannot read, its parity
-with peppi-py (identical npz arrays and manifest fields), and the content hash of every game."""
+with peppi-py (identical npz arrays and manifest fields), the content hash of every game, and several
+replay folders merged into one dataset (duplicates by content prepared once, npz names unique)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from _shared import SHARED_DATA  # noqa: E402
 from recurl.errors import RecurlError  # noqa: E402
 from recurl.melee import features as F  # noqa: E402
 from recurl.melee import prepare as P  # noqa: E402
+from recurl.melee.cli import melee_main  # noqa: E402
 
 SLP, FAILS = SHARED_DATA / "slp", SHARED_DATA / "slp-peppi-fails"
 pytestmark = pytest.mark.skipif(not (SLP.is_dir() and FAILS.is_dir()), reason="shared replays not available")
@@ -134,11 +136,93 @@ def test_libmelee_manifest_agrees_with_peppi(parity_dirs: tuple[Path, Path, Path
 def test_sha256_is_the_content_hash(tmp_path: Path) -> None:
     src = _subset(tmp_path, ["peppi_v3.12.slp"])
     shutil.copy(src / "peppi_v3.12.slp", src / "renamed copy.slp")
-    P.prepare(src, tmp_path / "out", ruleset="any", progress=False)
+    rep = P.prepare(src, tmp_path / "out", ruleset="any", progress=False)
     games = _games(tmp_path / "out")
     want = hashlib.sha256((SLP / "peppi_v3.12.slp").read_bytes()).hexdigest()
-    assert games["peppi_v3.12.slp"]["sha256"] == want == games["renamed copy.slp"]["sha256"]
+    assert games["peppi_v3.12.slp"]["sha256"] == want and set(games) == {"peppi_v3.12.slp"}
+    # the same game under another name in the same folder is prepared once
+    assert [(d["file"], d["duplicate_of"], d["sha256"]) for d in rep.duplicates] == \
+        [("renamed copy.slp", "peppi_v3.12.slp", want)]
     assert P.file_sha256(SLP / "peppi_v3.13.slp") != want
+
+
+def _two_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """Folder a: game1 (v3.12), fox (v3.16), game1_again (v3.12 again). Folder b: game1 (the same v3.12 under
+    the same name), falco_copy (v3.16 under another name), fox (v3.13: same name as a/fox, other game)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for folder, name, src in [(a, "game1.slp", "peppi_v3.12.slp"), (a, "fox.slp", "peppi_v3.16.slp"),
+                              (a, "game1_again.slp", "peppi_v3.12.slp"), (b, "game1.slp", "peppi_v3.12.slp"),
+                              (b, "falco_copy.slp", "peppi_v3.16.slp"), (b, "fox.slp", "peppi_v3.13.slp")]:
+        shutil.copy(SLP / src, folder / name)
+    return a, b
+
+
+def test_two_replay_dirs_merge_into_one_dataset(tmp_path: Path) -> None:
+    a, b = _two_dirs(tmp_path)
+    out = tmp_path / "out"
+    rep = P.prepare([a, b], out, ruleset="any", reader="peppi", progress=False)
+    sha = {n: P.file_sha256(SLP / n) for n in ("peppi_v3.12.slp", "peppi_v3.13.slp", "peppi_v3.16.slp")}
+    manifest = json.loads((out / "manifest.json").read_text())
+    games = manifest["games"]
+    assert len(games) == 3 and rep.skipped == [] and manifest["replay_dirs"] == [str(a), str(b)]
+    got = {(g["source_dir"], g["source_file"]): (g["sha256"], g["npz"]) for g in games}
+    assert got == {(str(a), "game1.slp"): (sha["peppi_v3.12.slp"], "game1.npz"),
+                   (str(a), "fox.slp"): (sha["peppi_v3.16.slp"], f"fox-{sha['peppi_v3.16.slp'][:12]}.npz"),
+                   (str(b), "fox.slp"): (sha["peppi_v3.13.slp"], f"fox-{sha['peppi_v3.13.slp'][:12]}.npz")}
+    assert sorted(p.name for p in out.glob("*.npz")) == sorted(g["npz"] for g in games)  # no name collision
+    assert len({g["sha256"] for g in games}) == 3
+    # duplicates by content, whatever their name or folder: listed with the file they repeat, never prepared
+    dups = {(d["source_dir"], d["source_file"]): d["duplicate_of"] for d in rep.duplicates}
+    assert dups == {(str(a), "game1_again.slp"): f"{a}/game1.slp", (str(b), "game1.slp"): f"{a}/game1.slp",
+                    (str(b), "falco_copy.slp"): f"{a}/fox.slp"}
+    assert manifest["duplicates"] == rep.duplicates
+    lines = rep.lines()
+    assert f"dup  {b}/falco_copy.slp: same content as {a}/fox.slp (sha256 {sha['peppi_v3.16.slp'][:12]}), " \
+           "prepared once" in lines
+    assert lines[-1].startswith("3 games, 0 skipped, 3 duplicates skipped, ")
+    # the names are stable: the same folders give the same names, and a kept file's name does not depend on
+    # the order of the files
+    again = P.prepare([a, b], tmp_path / "again", ruleset="any", reader="peppi", progress=False)
+    assert [g["npz"] for g in again.games] == [g["npz"] for g in games]
+    kept = [{"source_file": g["source_file"]} for g in games]
+    hashes = [g["sha256"] for g in games]
+    assert P._npz_names(kept[::-1], hashes[::-1]) == [g["npz"][:-4] for g in games][::-1]
+    # the other order keeps b's copy of v3.16: the same games, again under unique names
+    swapped = P.prepare([b, a], tmp_path / "swapped", ruleset="any", reader="peppi", progress=False)
+    assert {g["sha256"] for g in swapped.games} == set(hashes) and len(swapped.duplicates) == 3
+    assert len({g["npz"] for g in swapped.games}) == 3
+
+
+def test_cli_prepare_two_dirs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b = _two_dirs(tmp_path)
+    out = tmp_path / "out"
+    assert melee_main(["prepare", str(a), str(b), str(out), "--ruleset", "any", "--reader", "peppi",
+                       "--quiet"]) == 0
+    assert len(json.loads((out / "manifest.json").read_text())["games"]) == 3
+    stdout = capsys.readouterr().out
+    assert stdout.count("\ndup  ") == 3 and "3 games, 0 skipped, 3 duplicates skipped" in stdout
+
+
+@pytest.mark.parametrize("case", ["missing dir", "no replays", "output is a replay dir", "output forgotten"])
+def test_cli_prepare_bad_dirs_fail_in_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b = _two_dirs(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    argv, want = {
+        "missing dir": ([a, tmp_path / "missing", out], f"replay directory not found: {tmp_path / 'missing'}"),
+        "no replays": ([empty, out], f"no .slp replays in {empty}"),
+        "output is a replay dir": ([a, b, a], f"output directory {a} is also a replay directory"),
+        "output forgotten": ([a, b], f"output directory {b} holds .slp replays"),
+    }[case]
+    assert melee_main(["prepare", *map(str, argv), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"recurl: error: {want}"), err
+    assert not out.exists()  # nothing written
+    with pytest.raises(RecurlError, match="no replay directory given"):
+        P.prepare([], out)
 
 
 def test_unreadable_by_both_readers_and_missing_libmelee(tmp_path: Path,

@@ -20,6 +20,7 @@ from recurl.envs import SUITES, make_vec_env, resolve_env_id
 from recurl.envs.wrappers import FlattenObs, flatten_obs, flatten_space
 from recurl.errors import RecurlError
 from recurl.export import export_onnx, obs_input_names
+from recurl.nn.encoders import ObsEncoder
 from recurl.obs import ObsConverter
 
 # The suites' own notices, not recurl's: POPGym's mazes warn that they are weak memory benchmarks, and
@@ -156,3 +157,22 @@ def test_flattening_tuple_nested_dict_and_text() -> None:
 class _TextOnly(gym.Env):
     observation_space = gym.spaces.Dict({"mission": gym.spaces.Text(4)})
     action_space = gym.spaces.Discrete(2)
+
+
+def test_minigrid_image_codes_are_scaled_by_their_real_bounds() -> None:
+    """MiniGrid declares its symbolic image up to 255; the codes stop at 10 (object), 5 (colour), 2 (state).
+    The image encoder divides by the declared bound, so without the tight bounds every code would lie in
+    [0, 0.04]; pixel images keep 1/255."""
+    _need(FAST[1])
+    env = make_vec_env(FAST[1], 2)
+    space = env.single_observation_space
+    np.testing.assert_array_equal(space["image"].high[0, 0], [10, 5, 2])
+    obs, _ = env.reset(seed=0)
+    for _ in range(20):
+        assert space.contains({k: v[0] for k, v in obs.items()})
+        obs, *_ = env.step(env.action_space.sample())
+    cnn = ObsEncoder(space).leaves[sorted(space.spaces).index("image")]
+    np.testing.assert_allclose(cnn.scale[0, 0].numpy(), [1 / 10, 1 / 5, 1 / 2], rtol=1e-6)
+    pixels = ObsEncoder(gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)).leaves[0]
+    assert float(pixels.scale.max()) == float(pixels.scale.min()) == pytest.approx(1 / 255)
+    env.close()

@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from recurl.acting import TracedAct
 from recurl.checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -153,6 +154,12 @@ class Algorithm:
         return self.policy.act(obs, state, is_first, mask)
 
     @functools.cached_property
+    def _traced_act(self) -> TracedAct:
+        """``predict``'s acting step, traced per call shape (:mod:`recurl.acting`): the policy is built
+        once, and the traces share its parameters, so they follow training."""
+        return TracedAct(self.policy, self.observation_space, self.action_space, self.masked)
+
+    @functools.cached_property
     def act_state_shapes(self) -> list[tuple[int, int]]:
         """``(layers, H)`` of each acting-state tensor (``predict`` checks a user's state against them on
         every call; the policy is built once, so they are computed once)."""
@@ -193,10 +200,15 @@ class Algorithm:
             if state is not None and first.any():
                 is_first = torch.as_tensor(first, device=self.device)
         mask = check_mask(action_masks, n, self.action_space, self.masked)
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=self.device)
         with torch.inference_mode():
-            dist, new_state = self._act(obs, torch_state, is_first,
-                                        None if mask is None else torch.as_tensor(mask, device=self.device))
-            action = dist.mode() if deterministic else dist.sample()
+            fast = self._traced_act(obs, torch_state, is_first, mask, deterministic)
+            if fast is None:  # a step the tracer cannot take, or R2D2's epsilon-greedy sampling
+                dist, new_state = self._act(obs, torch_state, is_first, mask)
+                action = dist.mode() if deterministic else dist.sample()
+            else:
+                action, new_state = fast
         a = env_action(self.action_space, action)
         return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
 

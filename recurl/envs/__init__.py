@@ -19,7 +19,13 @@ import gymnasium as gym
 
 from recurl.envs.mujoco_pomdp import TASKS as MUJOCO_TASKS
 from recurl.envs.swamptour import register_swamptour
-from recurl.envs.wrappers import FlattenObs, PrevActionReward, needs_flattening
+from recurl.envs.wrappers import (
+    FlattenObs,
+    MiniGridImageBounds,
+    PrevActionReward,
+    has_minigrid_image,
+    needs_flattening,
+)
 from recurl.errors import RecurlError
 
 RECURL_IDS = ("recurl/CartPoleNoVel-v1", "recurl/TMaze-v0", "recurl/RepeatPrevious-v0", "recurl/Pendulum-P-v1",
@@ -108,6 +114,7 @@ def make_vec_env(
     otherwise the envs run in a ``SyncVectorEnv``. ``prev_action_reward`` wraps the result in
     :class:`~recurl.envs.wrappers.PrevActionReward`. Tuple, nested Dict and text-bearing observations are
     presented as a flat Dict (:class:`~recurl.envs.wrappers.FlattenObs`), the space the policy sees.
+    MiniGrid's symbolic image gets its codes' real bounds (:class:`~recurl.envs.wrappers.MiniGridImageBounds`).
     """
     env_id = resolve_env_id(env_id)
     if num_envs < 1:
@@ -128,6 +135,8 @@ def make_vec_env(
     mode_used = env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode_used != gym.vector.AutoresetMode.NEXT_STEP:
         raise RecurlError(f"{env_id}: recurl needs NEXT_STEP autoreset, the vector env uses {mode_used}")
+    if env_id.startswith(("MiniGrid-", "BabyAI-")) and has_minigrid_image(env.single_observation_space):
+        env = MiniGridImageBounds(env)
     if prev_action_reward:
         env = PrevActionReward(env)
     if needs_flattening(env.single_observation_space):

@@ -149,3 +149,32 @@ class FlattenObs(gym.vector.VectorObservationWrapper):
 
     def observations(self, observations: Any) -> dict[str, Any]:
         return flatten_obs(observations)
+
+
+class MiniGridImageBounds(gym.vector.VectorObservationWrapper):
+    """MiniGrid's ``image`` is not pixels but a grid of codes (object, colour, state per cell) that the
+    env declares as ``Box(0, 255)``; this declares their real bounds (10, 5 and 2 in MiniGrid 3), so the
+    image encoder scales each channel to ``[0, 1]`` instead of squeezing the codes into ``[0, 0.04]``.
+    Observations pass through unchanged."""
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        super().__init__(env)
+        from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX  # the suite's own codes
+
+        space = env.single_observation_space
+        image = space["image"]
+        high = np.broadcast_to(np.array([max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()),
+                                         max(STATE_TO_IDX.values())], np.uint8), image.shape)
+        self.single_observation_space = gym.spaces.Dict({**space.spaces, "image": gym.spaces.Box(
+            0, high, image.shape, np.uint8)})
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, env.num_envs)
+
+    def observations(self, observations: Any) -> Any:
+        return observations
+
+
+def has_minigrid_image(space: gym.Space) -> bool:
+    """A MiniGrid observation: a Dict whose ``image`` is a ``uint8`` ``[H, W, 3]`` Box declared up to 255."""
+    image = space.spaces.get("image") if isinstance(space, gym.spaces.Dict) else None
+    return (isinstance(image, gym.spaces.Box) and image.dtype == np.uint8 and image.shape[-1:] == (3,)
+            and int(image.high.max()) == 255)

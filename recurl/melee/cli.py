@@ -1,10 +1,11 @@
 """``recurl melee prepare | train | eval``: thin front-ends of the Melee pipeline.
 
-``train`` is ``recurl train --algo melee`` (the same flags: ``--dataset``, ``--character``, ``--run-dir``,
-``--core``, ``--max-epochs``, ...; ``recurl melee train --help`` lists them) followed by the same training
-with ``--core none`` into ``RUN/memoryless``, the baseline that shows what memory adds (skip it with
-``--no-memoryless``), and the held-out report. Every user error prints one ``recurl: error: ...`` line on
-stderr and returns a non-zero code, never a traceback.
+``prepare REPLAY_DIR [REPLAY_DIR ...] OUT_DIR`` builds one dataset from every folder given (the output
+folder comes last). ``train`` is ``recurl train --algo melee`` (the same flags: ``--dataset``,
+``--character``, ``--run-dir``, ``--core``, ``--max-epochs``, ...; ``recurl melee train --help`` lists them)
+followed by the same training with ``--core none`` into ``RUN/memoryless``, the baseline that shows what
+memory adds (skip it with ``--no-memoryless``), and the held-out report. Every user error prints one
+``recurl: error: ...`` line on stderr and returns a non-zero code, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from recurl.errors import RecurlError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recurl melee", description="Melee imitation learning from replays")
     sub = p.add_subparsers(dest="cmd", required=True)
-    pp = sub.add_parser("prepare", help="parse .slp replays into a per-game dataset")
-    pp.add_argument("replay_dir")
-    pp.add_argument("out_dir")
+    pp = sub.add_parser("prepare", help="parse .slp replays (one or more folders) into one per-game dataset",
+                        description="Parse every .slp under the REPLAY_DIRs into one dataset in OUT_DIR (the "
+                                    "last folder); a replay found twice (same content) is prepared once.")
+    pp.add_argument("replay_dirs", nargs="+", metavar="REPLAY_DIR", help="folder of .slp replays (one or more)")
+    pp.add_argument("out_dir", metavar="OUT_DIR", help="the dataset folder (comes last)")
     pp.add_argument("--character", action="append", help="keep games with this character (repeatable)")
     pp.add_argument("--opponent", action="append", help="...against this opponent (repeatable)")
     pp.add_argument("--ruleset", choices=("tournament", "any"), default="tournament")
@@ -68,7 +71,7 @@ def _prepare(args: argparse.Namespace) -> int:
     # --help and option errors answer before torch and the optional Melee packages are loaded.
     from recurl.melee.prepare import prepare
 
-    report = prepare(args.replay_dir, args.out_dir, characters=args.character, opponents=args.opponent,
+    report = prepare(args.replay_dirs, args.out_dir, characters=args.character, opponents=args.opponent,
                      ruleset=args.ruleset, reader=args.reader, progress=not args.quiet)
     print("\n".join(report.lines()))
     if not report.games:

@@ -1,8 +1,9 @@
-"""Turn a folder of Slippi replays (.slp) into a compact per-game dataset.
+"""Turn one or more folders of Slippi replays (.slp) into one compact per-game dataset.
 
-``prepare(replay_dir, out_dir)`` parses every ``*.slp`` under ``replay_dir`` with peppi-py (falling back to
-libmelee's file reader for a replay peppi-py cannot read, see below) and writes, per accepted game, one
-compressed ``<name>.npz`` holding, for every player ``i`` (ports in ascending order):
+``prepare(replay_dirs, out_dir)`` parses every ``*.slp`` under each of ``replay_dirs`` (one folder or a list)
+with peppi-py (falling back to libmelee's file reader for a replay peppi-py cannot read, see below) and
+writes, per accepted game, one compressed ``<name>.npz`` holding, for every player ``i`` (ports in ascending
+order):
 
 - ``p{i}_floats[N, NUM_FLOATS]`` float32, ``p{i}_action[N]`` int16, ``p{i}_character[N]`` uint8
 - ``p{i}_nana[N, NUM_FLOATS + 1]`` float32: the Ice Climbers follower's floats plus a presence flag
@@ -12,6 +13,16 @@ compressed ``<name>.npz`` holding, for every player ``i`` (ports in ascending or
 
 plus ``manifest.json`` with per-game metadata and the run's report. Rollback duplicates are removed by
 keeping the *last* record of each frame index (the one the game finally used).
+
+Several folders (``prepare([a, b], out)``): a game is identified by its content (:func:`file_sha256` of the
+.slp, the hash the train/test split uses), so a replay found twice, in two folders or under two names in
+one, is prepared once: the first one in folder order (the folders as given, files sorted within each) is
+kept, the others are listed under ``duplicates`` with the file they repeat. ``<name>`` is the file's path
+inside its folder (``/`` written ``__``, without ``.slp``); where two different games would get the same
+name (``game1.slp`` in both folders; compared ignoring case), each of them gets ``-<first 12 hex digits of
+its sha256>`` appended: names are unique, and a game's name depends only on the set of files kept (not on
+their order, nor on which of them the filters skip). Each manifest entry records ``source_dir`` (the folder
+as given) and ``source_file`` (the path inside it).
 
 Tournament ruleset (``ruleset="tournament"``): 2 players, no teams, a legal stage, 4 starting stocks, an
 8-minute timer, items off (item spawn frequency ``-1``). Rule for missing information: a check whose field
@@ -37,9 +48,9 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -59,16 +70,21 @@ READERS = ("auto", "peppi", "libmelee")
 # Exceptions that must stop the run; everything else a reader raises (including pyo3's PanicException,
 # a BaseException) only makes that reader fail on that file.
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# What ``prepare`` takes as its replay folders: one path, or a list of them.
+ReplayDirs = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 @dataclass
 class PrepareReport:
-    """What ``prepare`` did: accepted games (manifest entries), skipped files with reasons, throughput."""
+    """What ``prepare`` did: accepted games (manifest entries), skipped files with reasons, files skipped as
+    duplicates of an earlier one (same sha256; ``duplicate_of`` names it), throughput, the replay folders."""
 
     games: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
+    replay_dirs: list[str] = field(default_factory=list)
 
     @property
     def frames_per_s(self) -> float:
@@ -79,22 +95,31 @@ class PrepareReport:
         """Number of accepted games per reader (``"peppi"``, ``"libmelee"``)."""
         return dict(Counter(g["reader"] for g in self.games))
 
+    def shown(self, entry: dict[str, Any]) -> str:
+        """How the report names a file: its path inside its replay folder, prefixed with the folder when the
+        run read several."""
+        rel = entry.get("source_file", entry["file"])
+        return f"{entry['source_dir']}/{rel}" if len(self.replay_dirs) > 1 and "source_dir" in entry else rel
+
     def lines(self) -> list[str]:
-        """Human-readable report, one line per game or skipped file."""
+        """Human-readable report, one line per game, skipped file or duplicate."""
         out = []
         for g in self.games:
             players = " vs ".join(f"{p['character']}{' (CPU)' if p['cpu'] else ''}" for p in g["players"])
             miss = ", ".join(g["missing_fields"]) or "-"
             assumed = ", ".join(g["ruleset"]["assumed"]) or "-"
             via = "" if g["reader"] == "peppi" else f"; read by {g['reader']} ({g['fallback_reason']})"
-            out.append(f"ok   {g['file']}: v{g['slippi_version']} {g['stage_name']} {players}, "
+            out.append(f"ok   {self.shown(g)}: v{g['slippi_version']} {g['stage_name']} {players}, "
                        f"{g['frames']} frames ({g['rollback_frames_removed']} rollback dropped); "
                        f"missing: {miss}; assumed: {assumed}{via}")
-        out += [f"skip {s['file']}: {s['reason']}" for s in self.skipped]
-        fallback = [g["file"] for g in self.games if g["reader"] == "libmelee"]
+        out += [f"skip {self.shown(s)}: {s['reason']}" for s in self.skipped]
+        out += [f"dup  {self.shown(d)}: same content as {d['duplicate_of']} (sha256 {d['sha256'][:12]}), "
+                "prepared once" for d in self.duplicates]
+        fallback = [self.shown(g) for g in self.games if g["reader"] == "libmelee"]
         readers = ", ".join(f"{r} {n}" for r, n in sorted(self.readers.items())) or "-"
         out.append(f"readers: {readers}" + (f" (libmelee fallback: {', '.join(fallback)})" if fallback else ""))
-        out.append(f"{len(self.games)} games, {len(self.skipped)} skipped, {self.frames} frames "
+        out.append(f"{len(self.games)} games, {len(self.skipped)} skipped, {len(self.duplicates)} duplicates "
+                   f"skipped, {self.frames} frames "
                    f"in {self.seconds:.2f}s ({self.frames_per_s:,.0f} frames/s)")
         return out
 
@@ -358,10 +383,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _prepare_one(path: Path, out_dir: Path, name: str, ruleset: str, characters: set[int] | None,
-                 opponents: set[int] | None, reader: str, available: dict[str, bool]) -> dict[str, Any]:
-    """Read one replay and write its .npz; returns its manifest entry. Raises ``_Skip`` when filtered and
-    ``_Unreadable`` when no reader can read it."""
+def _prepare_one(path: Path, source: dict[str, str], sha256: str, out_dir: Path, name: str, ruleset: str,
+                 characters: set[int] | None, opponents: set[int] | None, reader: str,
+                 available: dict[str, bool]) -> dict[str, Any]:
+    """Read one replay and write its .npz; returns its manifest entry (``source``: its ``file``,
+    ``source_dir`` and ``source_file``). Raises ``_Skip`` when filtered and ``_Unreadable`` when no reader can
+    read it."""
     game = _read(path, reader, available)
     bad, assumed = check_rules(len(game.players), game.is_teams, game.stage,
                                [p["start_stocks"] for p in game.players], game.timer, game.items)
@@ -389,7 +416,8 @@ def _prepare_one(path: Path, out_dir: Path, name: str, ruleset: str, characters:
             defaults[key] = F.RAW_DEFAULTS[key]
     np.savez_compressed(out_dir / f"{name}.npz", **arrays)
     return {
-        "file": path.name, "npz": f"{name}.npz", "sha256": file_sha256(path), "reader": game.reader,
+        "file": source["file"], "npz": f"{name}.npz", "sha256": sha256, "source_dir": source["source_dir"],
+        "source_file": source["source_file"], "reader": game.reader,
         "slippi_version": game.version, "stage": game.stage,
         "stage_name": "UNKNOWN_STAGE" if game.stage is None else F.LEGAL_STAGES.get(game.stage,
                                                                                      f"STAGE_{game.stage}"),
@@ -402,12 +430,56 @@ def _prepare_one(path: Path, out_dir: Path, name: str, ruleset: str, characters:
     }
 
 
-def prepare(replay_dir: str | os.PathLike, out_dir: str | os.PathLike, *, characters: list[str] | None = None,
+def _replay_dir_list(replay_dirs: ReplayDirs) -> list[Path]:
+    """The replay folders as a list (one path or several), each checked to be an existing folder."""
+    dirs = [Path(replay_dirs)] if isinstance(replay_dirs, (str, os.PathLike)) else [Path(d) for d in replay_dirs]
+    if not dirs:
+        raise RecurlError("no replay directory given")
+    bad = [f"{d}{'' if not d.exists() else ' (not a directory)'}" for d in dirs if not d.is_dir()]
+    if bad:
+        raise RecurlError(f"replay directory not found: {', '.join(bad)}")
+    return dirs
+
+
+def _check_out_dir(dst: Path, dirs: list[Path]) -> None:
+    """Refuse an output folder that is a file, one of the replay folders, or a folder holding replays (with
+    ``prepare A B`` the last folder is the output: a forgotten OUT_DIR would write the dataset into B). An
+    output folder *inside* a replay folder is fine: prepare writes no .slp, so it never reads its output."""
+    if dst.exists() and not dst.is_dir():
+        raise RecurlError(f"output directory {dst} is a file")
+    for d in dirs:
+        if dst.resolve() == d.resolve():
+            raise RecurlError(f"output directory {dst} is also a replay directory: give a new directory, last")
+    if dst.is_dir() and any(dst.glob("*.slp")):
+        raise RecurlError(f"output directory {dst} holds .slp replays (is it a replay directory?): "
+                          "the output directory comes last")
+
+
+def _npz_names(sources: list[dict[str, str]], hashes: list[str]) -> list[str]:
+    """Unique npz names (without ``.npz``) of the kept replays, independent of their order: the path inside
+    the replay folder, plus the sha256's first 12 hex digits for every game whose name (ignoring case)
+    another kept game also has."""
+    base = [PurePosixPath(s["source_file"]).with_suffix("").as_posix().replace("/", "__") for s in sources]
+    clash = Counter(b.casefold() for b in base)
+    names, used = [], set()
+    for b, sha in zip(base, hashes, strict=True):
+        name = b if clash[b.casefold()] == 1 else f"{b}-{sha[:12]}"
+        while name.casefold() in used:  # only if a file is itself named like another's suffixed name
+            name += "_"
+        used.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def prepare(replay_dirs: ReplayDirs, out_dir: str | os.PathLike, *, characters: list[str] | None = None,
             opponents: list[str] | None = None, ruleset: str = "tournament", reader: str = "auto",
             progress: bool = True) -> PrepareReport:
-    """Parse every ``*.slp`` under ``replay_dir`` into ``out_dir`` (npz per game + ``manifest.json``).
+    """Parse every ``*.slp`` under ``replay_dirs`` (one folder or a list) into one dataset in ``out_dir``
+    (npz per game + ``manifest.json``).
 
     Args:
+        replay_dirs: a replay folder or a list of them, searched recursively. A replay whose content
+            (sha256) was already seen is prepared once and reported under ``duplicates``.
         characters: keep games where a *human* player (one the trainer may imitate) is one of these
             (CSS names such as ``"FOX"``).
         opponents: ...and that player's opponent (human or CPU) is one of these.
@@ -416,8 +488,9 @@ def prepare(replay_dir: str | os.PathLike, out_dir: str | os.PathLike, *, charac
             ``"libmelee"`` (only that reader; ``"libmelee"`` does not use peppi-py at all).
         progress: show a tqdm progress bar.
 
-    A replay that no reader can parse is skipped with every reader's reason in the report; it never aborts
-    the run.
+    Raises ``RecurlError`` for a missing replay folder, an output folder that is a file, a replay folder or
+    holds replays, and when the folders hold no ``.slp`` at all. A replay that no reader can parse is
+    skipped with every reader's reason in the report; it never aborts the run.
     """
     from tqdm import tqdm
 
@@ -425,9 +498,8 @@ def prepare(replay_dir: str | os.PathLike, out_dir: str | os.PathLike, *, charac
         raise RecurlError(f"unknown ruleset {ruleset!r}: choose tournament or any")
     if reader not in READERS:
         raise RecurlError(f"unknown reader {reader!r}: choose {', '.join(READERS)}")
-    src, dst = Path(replay_dir), Path(out_dir)
-    if not src.is_dir():
-        raise RecurlError(f"replay directory not found: {src}")
+    dirs, dst = _replay_dir_list(replay_dirs), Path(out_dir)
+    _check_out_dir(dst, dirs)
     available = {"peppi": importlib.util.find_spec("peppi_py") is not None,
                  "libmelee": importlib.util.find_spec("melee") is not None}
     needed = {"auto": ("peppi", "libmelee"), "peppi": ("peppi",), "libmelee": ("libmelee",)}[reader]
@@ -436,35 +508,49 @@ def prepare(replay_dir: str | os.PathLike, out_dir: str | os.PathLike, *, charac
                           "(peppi-py) or melee (libmelee)")
     chars = {F.character_id(c) for c in characters} if characters else None
     opps = {F.character_id(c) for c in opponents} if opponents else None
+    files = [(d, p) for d in dirs for p in sorted(d.rglob("*.slp"))]
+    if not files:
+        raise RecurlError(f"no .slp replays in {', '.join(str(d) for d in dirs)}")
     dst.mkdir(parents=True, exist_ok=True)
-    files = sorted(src.rglob("*.slp"))
-    report = PrepareReport()
+    report = PrepareReport(replay_dirs=[str(d) for d in dirs])
     t0 = time.perf_counter()
-    used: set[str] = set()
-    for path in tqdm(files, desc="prepare", unit="replay", disable=not progress):
-        name = path.relative_to(src).with_suffix("").as_posix().replace("/", "__")
-        while name in used:  # keep npz names unique
-            name += "_"
+    first: dict[str, dict[str, str]] = {}  # sha256 -> the source kept for it
+    todo: list[tuple[Path, dict[str, str], str]] = []
+    for d, path in tqdm(files, desc="hash", unit="replay", disable=not progress):
+        source = {"file": path.name, "source_dir": str(d), "source_file": path.relative_to(d).as_posix()}
         try:
-            entry = _prepare_one(path, dst, name, ruleset, chars, opps, reader, available)
+            sha = file_sha256(path)
+        except OSError as e:  # e.g. a folder named *.slp, a file without read permission
+            report.skipped.append({**source, "reason": f"unreadable ({_reason(e)})"})
+            continue
+        if sha in first:
+            report.duplicates.append({**source, "sha256": sha, "duplicate_of": report.shown(first[sha])})
+            continue
+        first[sha] = source
+        todo.append((path, source, sha))
+    names = _npz_names([s for _, s, _ in todo], [h for _, _, h in todo])
+    for (path, source, sha), name in tqdm(list(zip(todo, names, strict=True)), desc="prepare", unit="replay",
+                                          disable=not progress):
+        try:
+            entry = _prepare_one(path, source, sha, dst, name, ruleset, chars, opps, reader, available)
         except _Skip as e:
-            report.skipped.append({"file": path.name, "reason": str(e)})
+            report.skipped.append({**source, "reason": str(e)})
             continue
         except _Unreadable as e:
-            report.skipped.append({"file": path.name, "reason": f"unreadable ({e})"})
+            report.skipped.append({**source, "reason": f"unreadable ({e})"})
             continue
         except Exception as e:  # a bad replay must never abort the run (e.g. a failing npz write)
-            report.skipped.append({"file": path.name, "reason": f"unreadable ({_reason(e)})"})
+            report.skipped.append({**source, "reason": f"unreadable ({_reason(e)})"})
             continue
-        used.add(name)
         report.games.append(entry)
         report.frames += entry["frames"]
     report.seconds = time.perf_counter() - t0
     manifest = {"ruleset": ruleset, "characters": characters, "opponents": opponents, "reader": reader,
+                "replay_dirs": report.replay_dirs,
                 "features": {"floats": list(F.FLOAT_NAMES), "buttons": list(F.BUTTON_NAMES),
                              "main_classes": F.NUM_MAIN, "cstick": list(F.CSTICK_NAMES),
                              "shoulder_edges": list(F.SHOULDER_EDGES), "raw_defaults": F.RAW_DEFAULTS},
-                "games": report.games, "skipped": report.skipped}
+                "games": report.games, "skipped": report.skipped, "duplicates": report.duplicates}
     write_json(dst / "manifest.json", manifest)
     return report
 

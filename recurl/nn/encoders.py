@@ -95,10 +95,15 @@ class _Embed(nn.Module):
 
 
 class _CNN(nn.Module):
-    """Small CNN for ``uint8`` images (HWC or CHW); scales pixels to ``[0, 1]``."""
+    """Small CNN for ``uint8`` images (HWC or CHW); scales each value by the space's upper bound to
+    ``[0, 1]`` (``high`` 255 for pixels; MiniGrid's symbolic image declares its codes' bounds, see
+    :class:`recurl.envs.wrappers.MiniGridImageBounds`)."""
 
-    def __init__(self, shape: tuple[int, ...], features: int) -> None:
+    def __init__(self, shape: tuple[int, ...], features: int, high: np.ndarray | None = None) -> None:
         super().__init__()
+        high = np.broadcast_to(np.asarray(255.0 if high is None else high, np.float32), shape)
+        # from the space, not saved: a run stores its observation space and rebuilds this
+        self.register_buffer("scale", torch.as_tensor(1.0 / np.maximum(high, 1.0)), persistent=False)
         self.hwc = shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)
         c, h, w = (shape[2], shape[0], shape[1]) if self.hwc else shape
         self.net = nn.Sequential(
@@ -114,7 +119,7 @@ class _CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-3]
-        x = x.reshape(-1, *x.shape[-3:]).float() / 255.0
+        x = x.reshape(-1, *x.shape[-3:]).float() * self.scale
         if self.hwc:
             x = x.permute(0, 3, 1, 2)
         return self.fc(self.net(x)).reshape(*lead, -1)
@@ -122,7 +127,7 @@ class _CNN(nn.Module):
 
 def _leaf(space: gym.Space, embed_dim: int, cnn_features: int) -> nn.Module:
     if is_image(space):
-        return _CNN(space.shape, cnn_features)
+        return _CNN(space.shape, cnn_features, space.high)
     if isinstance(space, gym.spaces.Box | gym.spaces.MultiBinary):
         return _Flatten(tuple(space.shape))
     if isinstance(space, gym.spaces.Discrete):
