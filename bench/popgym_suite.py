@@ -147,9 +147,10 @@ def report(results: dict[str, Any]) -> str:
         for core in cores:
             rs = cells.get((task, core), [])
             if rs:
-                means[core] = sum(r["mean_return"] for r in rs) / len(rs)
-                seeds = ", ".join(f"s{r['seed']}" for r in rs)
-                row.append(f"**{means[core]:+.2f}** ({seeds}; {rs[0]['budget'] / 1e3:.0f}k, "
+                scores = [r["mean_return"] for r in rs]
+                means[core] = sum(scores) / len(scores)
+                spread = f"{min(scores):+.2f} to {max(scores):+.2f}, " if len(scores) > 1 else ""
+                row.append(f"**{means[core]:+.2f}** ({spread}{len(rs)} seed{'s' * (len(rs) > 1)}; "
                            f"{sum(r['train_s'] for r in rs) / len(rs) / 60:.1f} min)")
             else:
                 row.append("not run")
@@ -161,8 +162,9 @@ def report(results: dict[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))
     budgets = ", ".join(f"{b:,}" for b in sorted({r["budget"] for r in runs}))
     total_h = sum(r["train_s"] + r["eval_s"] for r in runs) / 3600
-    lines += ["", f"Each cell: mean return over {FINAL_EPISODES} deterministic episodes from seed {FINAL_SEED} "
-                  f"(returns in [-1, 1]), the seeds, the budget (env steps) and the training wall time per run. "
+    lines += ["", f"Each cell: the mean over seeds of each run's return over {FINAL_EPISODES} deterministic episodes "
+                  f"from seed {FINAL_SEED} (returns in [-1, 1]), the lowest and highest run, the number of seeds, "
+                  f"and the training wall time per run. Recipe {recipe_id()} (the `popgym-<Name>` presets). "
                   f"Seeds: {seeds}. Budget: {budgets} env steps per run. {len(runs)} runs, "
                   f"{total_h:.2f} h in all. Machine: {machines}."]
     return "\n".join(lines) + "\n"
