@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from recurl import RecurrentPPO, evaluate_policy
 from recurl.checkpoint import atomic_write
-from recurl.presets import POPGYM_TASKS, popgym_ppo
+from recurl.presets import POPGYM_TASKS, popgym_env_id, popgym_ppo
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "popgym.json"
@@ -61,7 +61,7 @@ RUN = {"threads": 1, "device": "auto"}
 
 
 def env_id(name: str) -> str:
-    return f"popgym-{name}{DIFFICULTY}-v0"
+    return popgym_env_id(name, DIFFICULTY)
 
 
 def config(name: str, core: str, seed: int, steps: int) -> dict[str, Any]:

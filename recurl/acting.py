@@ -10,7 +10,7 @@ Why trace: at one observation an eager step is ~20 module and op calls, each a f
 dispatch; the step's arithmetic is a fraction of that. A TorchScript trace of the same module runs the
 same ops from C++ (about 2x the calls/s at the zoo network), on the same parameters, so it follows
 training and ``load_state_dict`` without re-tracing. Each trace is checked against the eager step on
-fresh inputs before it is used; a policy that cannot be traced, or whose trace disagrees, acts eagerly.
+fresh inputs before it is used; a call shape that cannot be traced, or whose trace disagrees, acts eagerly.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -114,26 +115,29 @@ def example_inputs(step: ActStep, observation_space: gym.Space, batch: int, seed
 
 class TracedAct:
     """``policy.act`` and the action choice, traced per call shape: ``(obs, state, is_first, mask,
-    deterministic) -> (action, new_state)`` as the eager step gives them, or ``None`` where this policy's
-    step cannot be traced (the caller then acts eagerly).
+    deterministic) -> (action, new_state)``, the same as the eager step gives them. Where a call shape
+    cannot be traced, ``eager`` acts instead (``(obs, state, is_first, mask) -> (dist, state)``; default
+    ``policy.act``; R2D2 passes its epsilon-greedy step), and its ``mode()`` or ``sample()`` is taken.
 
     One graph per (batch size, episode starts or not, deterministic), at most :data:`MAX_GRAPHS` kept.
     Sampling draws its noise from torch's global generator, as the eager sampler does.
     """
 
     def __init__(self, policy: nn.Module, observation_space: gym.Space, action_space: gym.Space,
-                 masked: bool) -> None:
+                 masked: bool, eager: Callable[..., tuple[Any, State]] | None = None) -> None:
         self.policy, self.observation_space, self.action_space, self.masked = (
             policy, observation_space, action_space, masked)
+        self.eager = eager or policy.act
+        self.keys = leaf_keys(observation_space)
         self._graphs: OrderedDict[tuple, tuple[ActStep, torch.jit.ScriptModule] | None] = OrderedDict()
         #: why a call shape acts eagerly (shape key -> reason), for whoever wonders why acting is slow
         self.eager_reasons: dict[tuple, str] = {}
 
     def __call__(self, obs: Any, state: State, is_first: torch.Tensor | None, mask: torch.Tensor | None,
-                 deterministic: bool) -> tuple[torch.Tensor, State] | None:
+                 deterministic: bool) -> tuple[torch.Tensor, State]:
         """``obs`` ``[N, ...]`` (a dict of leaves for a Dict space), ``state`` ``[layers, N, H]`` tensors,
         ``is_first[N]`` bool or ``None``, ``mask[N, n]`` bool or ``None`` -> ``(action[N, ...], state)``."""
-        leaves = [obs[k] for k in leaf_keys(self.observation_space)] if isinstance(obs, dict) else [obs]
+        leaves = [obs[k] for k in self.keys] if isinstance(obs, dict) else [obs]
         n = leaves[0].shape[0]
         key = (n, is_first is not None, deterministic, leaves[0].device)
         if key not in self._graphs:
@@ -143,7 +147,8 @@ class TracedAct:
         self._graphs.move_to_end(key)
         entry = self._graphs[key]
         if entry is None:
-            return None
+            dist, new_state = self.eager(obs, state, is_first, mask)
+            return (dist.mode() if deterministic else dist.sample()), new_state
         step, graph = entry
         noise = []
         if step.noise_width:

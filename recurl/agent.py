@@ -158,12 +158,7 @@ class Agent:
             action, new_state = self._onnx(x, state, is_first, mask, noise)
             return env_action(self.action_space, action), new_state
         with torch.inference_mode():
-            fast = self._traced(x, state, is_first, mask, self.deterministic)
-            if fast is None:  # a step the tracer cannot take
-                dist, new_state = self.policy.act(x, state, is_first, mask)
-                action = dist.mode() if self.deterministic else dist.sample()
-            else:
-                action, new_state = fast
+            action, new_state = self._traced(x, state, is_first, mask, self.deterministic)
         return env_action(self.action_space, action), new_state
 
     def _is_first(self, is_first: Any, n: int) -> torch.Tensor | None:

@@ -69,6 +69,11 @@ POPGYM_TASKS = ("RepeatPrevious", "RepeatFirst", "CountRecall", "Autoencode", "P
                 "NoisyPositionOnlyCartPole", "MineSweeper", "HigherLower")
 
 
+def popgym_env_id(task: str, difficulty: str = "Easy") -> str:
+    """POPGym's Gymnasium id of ``task`` at ``difficulty``: ``popgym-<task><difficulty>-v0``."""
+    return f"popgym-{task}{difficulty}-v0"
+
+
 def popgym_ppo(task: str, core: str = "gru", difficulty: str = "Easy", seed: int = 0,
                steps: int = 500_000) -> tuple[str, dict[str, Any]]:
     """Recurrent PPO on the POPGym task ``popgym-<task><difficulty>-v0`` (``pip install 'recurl[popgym]'``):
@@ -83,7 +88,7 @@ def popgym_ppo(task: str, core: str = "gru", difficulty: str = "Easy", seed: int
     RepeatPrevious did not change). 500k env steps.
     """
     return ("ppo", {
-        "env": f"popgym-{task}{difficulty}-v0", "num_envs": 16, "n_steps": 128, "seq_len": 0, "batch_size": 1024,
+        "env": popgym_env_id(task, difficulty), "num_envs": 16, "n_steps": 128, "seq_len": 0, "batch_size": 1024,
         "n_epochs": 4, "learning_rate": 1e-3, "anneal_lr": True, "gamma": 0.99, "gae_lambda": 0.95,
         "clip_range": 0.2, "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize_reward": True,
         "prev_action_reward": True, "total_steps": steps, "seed": seed,

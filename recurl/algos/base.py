@@ -155,9 +155,9 @@ class Algorithm:
 
     @functools.cached_property
     def _traced_act(self) -> TracedAct:
-        """``predict``'s acting step, traced per call shape (:mod:`recurl.acting`): the policy is built
-        once, and the traces share its parameters, so they follow training."""
-        return TracedAct(self.policy, self.observation_space, self.action_space, self.masked)
+        """``predict``'s acting step, traced per call shape (:mod:`recurl.acting`; :meth:`_act` where it cannot
+        be): the policy is built once, and the traces share its parameters, so they follow training."""
+        return TracedAct(self.policy, self.observation_space, self.action_space, self.masked, eager=self._act)
 
     @functools.cached_property
     def act_state_shapes(self) -> list[tuple[int, int]]:
@@ -203,12 +203,7 @@ class Algorithm:
         if mask is not None:
             mask = torch.as_tensor(mask, device=self.device)
         with torch.inference_mode():
-            fast = self._traced_act(obs, torch_state, is_first, mask, deterministic)
-            if fast is None:  # a step the tracer cannot take, or R2D2's epsilon-greedy sampling
-                dist, new_state = self._act(obs, torch_state, is_first, mask)
-                action = dist.mode() if deterministic else dist.sample()
-            else:
-                action, new_state = fast
+            action, new_state = self._traced_act(obs, torch_state, is_first, mask, deterministic)
         a = env_action(self.action_space, action)
         return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
 

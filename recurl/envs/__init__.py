@@ -59,6 +59,11 @@ def register() -> None:
     register_swamptour()
 
 
+def suite_of(env_id: str) -> str | None:
+    """The package of the third-party suite (:data:`SUITES`) whose id ``env_id`` is, or ``None``."""
+    return next((pkg for prefix, pkg in SUITES.items() if env_id.startswith(prefix)), None)
+
+
 def resolve_env_id(env_id: str, allow_import: bool = False) -> str:
     """Return the registered id for ``env_id`` (``CartPoleNoVel-v1`` -> ``recurl/CartPoleNoVel-v1``).
 
@@ -77,7 +82,7 @@ def resolve_env_id(env_id: str, allow_import: bool = False) -> str:
         _import(module, f"env id {env_id!r} names the module {module!r}, which is not installed: install the "
                         "package that provides it")
         env_id = name
-    suite = next((pkg for prefix, pkg in SUITES.items() if env_id.startswith(prefix)), None)
+    suite = suite_of(env_id)
     if suite is not None:
         _import(suite, f"{env_id} is one of {suite}'s tasks: pip install 'recurl[{suite}]'")
     if env_id in gym.registry:
@@ -135,7 +140,7 @@ def make_vec_env(
     mode_used = env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode_used != gym.vector.AutoresetMode.NEXT_STEP:
         raise RecurlError(f"{env_id}: recurl needs NEXT_STEP autoreset, the vector env uses {mode_used}")
-    if env_id.startswith(("MiniGrid-", "BabyAI-")) and has_minigrid_image(env.single_observation_space):
+    if suite_of(env_id) == "minigrid" and has_minigrid_image(env.single_observation_space):
         env = MiniGridImageBounds(env)
     if prev_action_reward:
         env = PrevActionReward(env)
