@@ -141,6 +141,30 @@ def test_mirror_is_an_involution(data_dir: Path, manifest: dict) -> None:
     assert np.array_equal(twice[1], pair[1])
 
 
+def test_old_replay_augmentation_matches_a_real_2_0_replay(data_dir: Path, manifest: dict) -> None:
+    """A 3.x game presented "as a 2.0 replay" has exactly the values a real 2.0 replay stores in the columns
+    2.0 lacks (every player block), and nothing else changes; on a real 2.0 replay it changes nothing."""
+    games = _games(manifest)
+    assert set(games["slippijs_realtimeTest.slp"]["missing_fields"]) >= {"hurtbox_state", "hitlag", "velocities"}
+    with np.load(data_dir / games["slippijs_realtimeTest.slp"]["npz"]) as z:
+        v2 = D.perspective_pair(dict(z), 0, 3)[0]["floats"]
+    with np.load(data_dir / games["peppi_v3.16.slp"]["npz"]) as z:
+        v3 = D.perspective_pair(dict(z), 0, 3)[0]["floats"]
+    cols = [b + F.FLOAT_NAMES.index(n) for b in F.FLOAT_BLOCKS[:2] for n in F.V2_MISSING]
+    assert (v3[:, cols] != 0).any(0).sum() >= 6  # the 3.x game has these features
+    old = F.as_v2_obs_floats(v3)
+    assert np.array_equal(old[:, cols], np.broadcast_to(v2[:1, cols], old[:, cols].shape))
+    assert (v2[:, cols] == v2[:1, cols]).all()  # a real 2.0 replay holds its defaults there throughout
+    rest = np.setdiff1d(np.arange(F.OBS_FLOATS), [b + F.FLOAT_NAMES.index(n) for b in F.FLOAT_BLOCKS
+                                                    for n in F.V2_MISSING])
+    assert np.array_equal(old[:, rest], v3[:, rest])
+    assert np.array_equal(F.as_v2_obs_floats(v2), v2)
+    persp = [p for p in D.perspectives(data_dir) if p.game == "peppi_v3.16.slp"][:1]
+    plain = D.PerspectivePairs(data_dir, persp, 3)
+    assert np.array_equal(plain.augmented(np.zeros(1, bool), np.ones(1, bool))[0][0]["floats"],
+                          F.as_v2_obs_floats(plain[0][0]["floats"]))
+
+
 # -- delay ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("delay", [1, 5, 18])
 def test_delay_shift_is_exact(delay: int) -> None:

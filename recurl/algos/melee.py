@@ -13,7 +13,7 @@ progress bar are behaviour cloning's, :mod:`recurl.algos.bc`):
   action states, characters, stage and the previous controller, plus the float features), a residual
   core, and an autoregressive head that draws buttons, main stick, c-stick and shoulder in turn, each
   conditioned on the ones before;
-- left/right mirror augmentation of the training games;
+- left/right mirror and old-replay (2.0 features) augmentation of the training games;
 - the statistics of two baselines that need no learning, majority and repeat-previous, saved with the
   run so that any dataset can be scored against them.
 """
@@ -57,6 +57,10 @@ class MeleeConfig(BCConfig):
     batch_size: int = 32
     mirror: float = 0.5
     """Probability that a training game is mirrored left/right in an epoch."""
+    old_replay: float = 0.5
+    """Probability that a training game is presented as a 2.0 replay in an epoch (hurtbox, hitlag and velocity
+    features at their defaults, as 15 of the corpus's 36 games store them), so the model also learns to play
+    from an old replay's features, e.g. to infer velocities from positions over time."""
     test_fraction: float = 0.2
     """Fraction of the frames held out as whole games, never trained or validated on (the final report)."""
     val_fraction: float = 0.1
@@ -67,6 +71,7 @@ class MeleeConfig(BCConfig):
     weight_decay: float = 1e-4
 
     RANGES: ClassVar[Ranges] = {**BCConfig.RANGES, "action_delay": Range(1), "mirror": Range(0, 1),
+                                "old_replay": Range(0, 1),
                                 "test_fraction": Range(0, 1, lo_open=True, hi_open=True),
                                 "val_fraction": Range(0, 1, lo_open=True, hi_open=True)}
 
@@ -125,9 +130,10 @@ class MeleeImitation(BehaviourCloning):
         return self._pairs
 
     def _epoch_pairs(self, pairs: D.PerspectivePairs) -> D.PerspectivePairs:
-        """Each training game mirrored left/right with probability ``mirror``, drawn anew every epoch."""
-        return pairs.flipped(np.random.default_rng([self.config.seed, self.epoch, 17]).random(len(pairs))
-                             < self.config.mirror)
+        """Each training game mirrored left/right with probability ``mirror`` and presented as a 2.0 replay
+        with probability ``old_replay``, drawn anew every epoch."""
+        u = np.random.default_rng([self.config.seed, self.epoch, 17]).random((2, len(pairs)))
+        return pairs.augmented(u[0] < self.config.mirror, u[1] < self.config.old_replay)
 
     def summarize(self, episodes: int = 0, seed: int = 0) -> dict[str, Any]:
         """The final report of a run (``summary.json``): NLL and accuracy on the run's own test games, beside

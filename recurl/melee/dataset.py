@@ -176,13 +176,15 @@ class PerspectivePairs(SequenceABC):
 
     Behaviour cloning streams its batches window by window (:class:`recurl.algos.bc.EpisodeStream`), so
     only the games the batch rows are in are held: the ``cache`` most recently read perspectives. ``flip``
-    marks perspectives to mirror left/right (:func:`mirror_pair`) as they are read.
+    marks perspectives to mirror left/right (:func:`mirror_pair`) as they are read, ``old`` those to present
+    as a 2.0 replay would (:func:`recurl.melee.features.as_v2_obs_floats`).
     """
 
     def __init__(self, data_dir: str | os.PathLike, persp: list[Perspective], delay: int, cache: int = 128,
-                 flip: np.ndarray | None = None) -> None:
+                 flip: np.ndarray | None = None, old: np.ndarray | None = None) -> None:
         self.data_dir, self.persp, self.delay, self.cache_size = Path(data_dir), list(persp), delay, cache
-        self.flip = np.zeros(len(self.persp), bool) if flip is None else np.asarray(flip, bool)
+        self.flip, self.old = (np.zeros(len(self.persp), bool) if m is None else np.asarray(m, bool)
+                               for m in (flip, old))
         self.lengths = [max(p.frames - delay, 0) for p in self.persp]
         self._cache: OrderedDict[int, Pair] = OrderedDict()
 
@@ -200,14 +202,17 @@ class PerspectivePairs(SequenceABC):
             raise MeleeDataError(f"{p.npz} holds {len(pair[1]) + self.delay} frames, its manifest entry says "
                                  f"{p.frames}: prepare the dataset again")
         pair = mirror_pair(pair) if self.flip[i] else pair
+        if self.old[i]:
+            pair = {**pair[0], "floats": F.as_v2_obs_floats(pair[0]["floats"])}, pair[1]
         self._cache[i] = pair
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return pair
 
-    def flipped(self, flip: np.ndarray) -> PerspectivePairs:
-        """The same perspectives with ``flip[i]`` ones mirrored (a new view, nothing read yet)."""
-        return PerspectivePairs(self.data_dir, self.persp, self.delay, self.cache_size, flip)
+    def augmented(self, flip: np.ndarray, old: np.ndarray | None = None) -> PerspectivePairs:
+        """The same perspectives with ``flip[i]`` ones mirrored and ``old[i]`` ones presented as a 2.0 replay
+        (a new view, nothing read yet)."""
+        return PerspectivePairs(self.data_dir, self.persp, self.delay, self.cache_size, flip, old)
 
 
 def mirror_controller(ctrl: np.ndarray) -> np.ndarray:

@@ -246,6 +246,22 @@ OBS_FLOATS = 2 * NUM_FLOATS + 2 * NANA_WIDTH
 FLOAT_BLOCKS: tuple[int, ...] = (0, NUM_FLOATS, 2 * NUM_FLOATS, 2 * NUM_FLOATS + NANA_WIDTH)
 
 
+# The float columns a 2.0 replay lacks (hurtbox, hitlag, velocities; 15 of the 36 corpus games are 2.0.1)
+# and the value their default encodes to; the "old replay" augmentation sets them in every player block.
+V2_MISSING: tuple[str, ...] = ("invulnerable", "hitlag", "vel_air_x", "vel_y", "kb_x", "kb_y", "vel_ground_x")
+_V2_COLUMNS = [FLOAT_NAMES.index(n) for n in V2_MISSING]
+_V2_DEFAULTS = np.clip(_RAW_DEFAULT[_SPEC_COLUMNS] * _SCALE, _LO, _HI)[_V2_COLUMNS]
+
+
+def as_v2_obs_floats(obs: np.ndarray) -> np.ndarray:
+    """An observation float array ``[..., OBS_FLOATS]`` as a 2.0 replay would give it: the :data:`V2_MISSING`
+    columns of all four player blocks at their defaults (a no-op on a replay that lacks them); a copy."""
+    out = np.array(obs, copy=True)
+    for start in FLOAT_BLOCKS:
+        out[..., [start + c for c in _V2_COLUMNS]] = _V2_DEFAULTS
+    return out
+
+
 def mirror_obs_floats(obs: np.ndarray) -> np.ndarray:
     """Mirror an observation float array ``[..., OBS_FLOATS]`` (all four player blocks)."""
     out = np.array(obs, copy=True)
