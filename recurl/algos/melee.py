@@ -66,9 +66,9 @@ class MeleeConfig(BCConfig):
     val_fraction: float = 0.1
     """Fraction of the remaining frames held out as whole games for early stopping."""
     max_epochs: int = 30
-    patience: int = 3
+    patience: int = 5
     learning_rate: float = 5e-4
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.01
 
     RANGES: ClassVar[Ranges] = {**BCConfig.RANGES, "action_delay": Range(1), "mirror": Range(0, 1),
                                 "old_replay": Range(0, 1),
