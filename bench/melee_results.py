@@ -59,9 +59,10 @@ def run_seed(data: Path, out: Path, seed: int, characters: list[str]) -> tuple[d
         for character in characters:
             if character == "ALL":
                 continue
-            own = load_run(out / f"{character}-s{seed}")
-            rows = evaluate({"own (lstm)": own, "own memoryless": load_run(out / f"{character}-s{seed}" / MEMORYLESS),
-                             **models}, own.split, str(data))
+            run = out / f"{character}-s{seed}"
+            own = load_run(run)
+            rows = evaluate({"own (lstm)": own, "own memoryless": load_run(run / MEMORYLESS), **models},
+                            own.split, str(data))
             results["versus_pooled"][character] = rows
             r = rows["rows"]
             md.append(f"| {character} | {rows['frames']} | " + " | ".join(

@@ -251,14 +251,14 @@ FLOAT_BLOCKS: tuple[int, ...] = (0, NUM_FLOATS, 2 * NUM_FLOATS, 2 * NUM_FLOATS +
 V2_MISSING: tuple[str, ...] = ("invulnerable", "hitlag", "vel_air_x", "vel_y", "kb_x", "kb_y", "vel_ground_x")
 _V2_COLUMNS = [FLOAT_NAMES.index(n) for n in V2_MISSING]
 _V2_DEFAULTS = np.clip(_RAW_DEFAULT[_SPEC_COLUMNS] * _SCALE, _LO, _HI)[_V2_COLUMNS]
+_V2_OBS_COLUMNS = [start + c for start in FLOAT_BLOCKS for c in _V2_COLUMNS]  # in every player block
 
 
 def as_v2_obs_floats(obs: np.ndarray) -> np.ndarray:
     """An observation float array ``[..., OBS_FLOATS]`` as a 2.0 replay would give it: the :data:`V2_MISSING`
     columns of all four player blocks at their defaults (a no-op on a replay that lacks them); a copy."""
     out = np.array(obs, copy=True)
-    for start in FLOAT_BLOCKS:
-        out[..., [start + c for c in _V2_COLUMNS]] = _V2_DEFAULTS
+    out[..., _V2_OBS_COLUMNS] = np.tile(_V2_DEFAULTS, len(FLOAT_BLOCKS))
     return out
 
 
