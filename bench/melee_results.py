@@ -5,7 +5,9 @@ Usage: python bench/melee_results.py [--out DIR] [--seeds 0 1] [--characters ALL
 1. prepares ../shared/data/slp-corpus (36 real 1v1 games) with ``--ruleset any`` into OUT/data;
 2. runs ``recurl melee train --dataset OUT/data --character C --seed S`` for each character with the
    default recipe (plus its memoryless baseline) into OUT/<C>-s<S>; a finished run is kept, a killed one
-   resumes;
+   resumes. The default recipe of a character pretrains the pooled model of its seed, which is the
+   ``--character ALL`` run: the character runs fine-tune OUT/ALL-s<S> (``--init-from``, which checks that it
+   is exactly that model) instead of training it again;
 3. scores every run on its test games (unseen by every run of this seed: the test games are drawn from the
    whole dataset) against the memoryless model, majority and repeat-previous, and each character's own
    model against the pooled one on that character's test games;
@@ -28,15 +30,22 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHARACTERS = ("ALL", "FOX", "FALCO", "CAPTAIN_FALCON", "MARTH")
 
 
-def train(data: Path, run: Path, character: str, seed: int) -> float:
-    """Train (or resume, or keep) one run and its memoryless sibling; returns the training seconds."""
+def train(data: Path, run: Path, character: str, seed: int, pretrain: bool = True) -> float:
+    """Train (or resume, or keep) one run and its memoryless sibling; returns the training seconds (of a
+    fine-tuned character's run: its fine-tuning plus the pooled run's training, which it starts from)."""
+    pooled = run.parent / f"ALL-s{seed}"
+    tune = character != "ALL" and pretrain
     if not (run / MEMORYLESS / "summary.json").is_file():
+        if tune:
+            train(data, pooled, "ALL", seed)
         # a killed run (or its killed memoryless sibling) continues from its last checkpoint
         argv = (["--resume", str(run)] if (run / "trainer.pt").is_file() else
-                ["--dataset", str(data), "--character", character, "--seed", str(seed), "--run-dir", str(run)])
+                ["--dataset", str(data), "--character", character, "--seed", str(seed), "--run-dir", str(run),
+                 *(["--init-from", str(pooled)] if tune else []), *([] if pretrain else ["--no-pretrain"])])
         if melee_main(["train", *argv, "--quiet"]) != 0:
             raise SystemExit(f"training {character} failed")
-    return sum(json.loads((d / "summary.json").read_text())["wall_time_s"] for d in (run, run / MEMORYLESS))
+    runs = (run, run / MEMORYLESS, pooled, pooled / MEMORYLESS) if tune else (run, run / MEMORYLESS)
+    return sum(json.loads((d / "summary.json").read_text())["wall_time_s"] for d in runs)
 
 
 def run_seed(data: Path, out: Path, seed: int, characters: list[str]) -> tuple[dict, list[str]]:
@@ -53,21 +62,24 @@ def run_seed(data: Path, out: Path, seed: int, characters: list[str]) -> tuple[d
     pooled = out / f"ALL-s{seed}"
     if pooled.is_dir():
         models = {"pooled (lstm)": load_run(pooled), "pooled memoryless": load_run(pooled / MEMORYLESS)}
+        names = ("fine-tuned (lstm)", "fine-tuned memoryless", "pooled (lstm)", "pooled memoryless",
+                 "own games only (lstm)", "own games only memoryless", "repeat-previous", "majority")
         md += ["### character-specific vs pooled, on each character's test games", "",
-               "| character | test frames | own (lstm) | own memoryless | pooled (lstm) | pooled memoryless | "
-               "repeat-previous | majority |", "|---|---|---|---|---|---|---|---|"]
+               "own games only: `--no-pretrain`, trained on the character's games alone (OUT/<C>-s<S>-alone)", "",
+               "| character | test frames | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for character in characters:
             if character == "ALL":
                 continue
-            run = out / f"{character}-s{seed}"
+            run, alone = out / f"{character}-s{seed}", out / f"{character}-s{seed}-alone"
+            seconds = train(data, alone, character, seed, pretrain=False)
             own = load_run(run)
-            rows = evaluate({"own (lstm)": own, "own memoryless": load_run(run / MEMORYLESS), **models},
-                            own.split, str(data))
-            results["versus_pooled"][character] = rows
+            rows = evaluate({"fine-tuned (lstm)": own, "fine-tuned memoryless": load_run(run / MEMORYLESS),
+                             **models, "own games only (lstm)": load_run(alone),
+                             "own games only memoryless": load_run(alone / MEMORYLESS)}, own.split, str(data))
+            results["versus_pooled"][character] = rows | {"own_games_only_train_seconds": seconds}
             r = rows["rows"]
-            md.append(f"| {character} | {rows['frames']} | " + " | ".join(
-                f"{r[k]['nll/total']:.3f}" for k in ("own (lstm)", "own memoryless", "pooled (lstm)",
-                                                     "pooled memoryless", "repeat-previous", "majority")) + " |")
+            md.append(f"| {character} | {rows['frames']} | " + " | ".join(f"{r[k]['nll/total']:.3f}" for k in names)
+                      + " |")
         md.append("")
     return results, md
 

@@ -15,6 +15,7 @@ pytest.importorskip("peppi_py")
 from _shared import SHARED_DATA  # noqa: E402
 
 from recurl.algos.melee import MeleeImitation, baseline_conditionals, evaluate  # noqa: E402
+from recurl.errors import RecurlError  # noqa: E402
 from recurl.melee import dataset as D  # noqa: E402
 from recurl.melee import features as F  # noqa: E402
 from recurl.melee.cli import melee_main  # noqa: E402
@@ -216,7 +217,7 @@ def tiny_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     policy = ["--hidden-size", "32", "--encoder-hidden", "32", "--embed-dim", "8", "--autoregressive-hidden", "16"]
     code = melee_main(["train", "--dataset", str(data_dir), "--character", "FOX", "--run-dir", str(run),
                        "--action-delay", "6", "--chunk-len", "32", "--batch-size", "16", "--max-epochs", "1",
-                       "--quiet", *policy])
+                       "--no-pretrain", "--quiet", *policy])
     assert code == 0
     return run
 
@@ -241,6 +242,61 @@ def test_split_is_by_content_never_by_name(data_dir: Path, tmp_path: Path) -> No
         assert sets[0] and sets[1] and sets[2]
         assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
         assert set().union(*sets) == set(sha.values())
+        # a character's test and validation games are the pooled run's too: never among its training games
+        for character in {p.character for p in persp}:
+            try:
+                mine = make_split(MeleeConfig(dataset=str(tmp_path / "data"), character=character, seed=seed))
+            except D.MeleeDataError:
+                continue  # too few games of it for this seed
+            if mine["character"] == character:
+                assert set(mine["test"]) <= sets[2] and set(mine["val"]) <= sets[1], (character, seed)
+
+
+def _pretrain_kw(data_dir: Path, **kw: object) -> dict:
+    return {"dataset": str(data_dir), "action_delay": 6, "chunk_len": 32, "batch_size": 16, "max_epochs": 1,
+            "device": "cpu", "policy": {"hidden_size": 16, "encoder_hidden": (16,), "embed_dim": 4,
+                                        "autoregressive_hidden": 8}, **kw}
+
+
+@pytest.mark.slow  # five short trainings (~6 s)
+def test_character_run_fine_tunes_the_pooled_model(data_dir: Path, tmp_path: Path) -> None:
+    """Pretraining trains the pooled run of the same seed into RUN/pooled (the same weights as a separate
+    ``--character ALL`` run, which ``init_from`` takes instead), and fine-tuning starts from its validation
+    loss on the character's games, so it can only keep or improve it."""
+    from recurl.algos.melee import POOLED
+
+    run = tmp_path / "marth"
+    model = MeleeImitation(**_pretrain_kw(data_dir, character="MARTH")).learn(run_dir=run, progress_bar=False)
+    pooled = MeleeImitation.load(run / POOLED, device="cpu")
+    assert pooled.split["character"] == "ALL" and model.split["character"] == "MARTH"
+    assert set(model.split["val"]) <= set(pooled.split["val"])  # early stopping on games pooled never trained on
+    before = MeleeImitation(**_pretrain_kw(data_dir, character="MARTH", max_epochs=1))
+    before.policy.load_state_dict(pooled.policy.state_dict())
+    before.policy.eval()
+    val = before._split()[1]
+    start = before._pass(before._stream(val, np.arange(len(val))), train=False)["loss"]
+    assert model.best_val <= start + 1e-6
+    # a separate pooled run is what pretraining trains, to the bit; init_from fine-tunes it the same way, and
+    # the memoryless sibling fine-tunes the pooled run's memoryless sibling
+    flags = ["--dataset", str(data_dir), "--action-delay", "6", "--chunk-len", "32", "--batch-size", "16",
+             "--max-epochs", "1", "--device", "cpu", "--hidden-size", "16", "--encoder-hidden", "16", "--embed-dim",
+             "4", "--autoregressive-hidden", "8", "--quiet"]
+    assert melee_main(["train", "--character", "ALL", "--run-dir", str(tmp_path / "all"), *flags]) == 0
+    alone = MeleeImitation.load(tmp_path / "all", device="cpu")
+    for k, v in pooled.policy.state_dict().items():
+        assert torch.equal(v, alone.policy.state_dict()[k]), k
+    assert melee_main(["train", "--character", "MARTH", "--init-from", str(tmp_path / "all"), "--run-dir",
+                       str(tmp_path / "tuned"), *flags]) == 0
+    tuned = MeleeImitation.load(tmp_path / "tuned", device="cpu")
+    for k, v in model.policy.state_dict().items():
+        assert torch.equal(v, tuned.policy.state_dict()[k]), k
+    sibling = MeleeImitation.load(tmp_path / "tuned" / "memoryless", device="cpu").config
+    assert sibling.policy.core == "none" and sibling.init_from == str(tmp_path / "all" / "memoryless")
+    assert not (tmp_path / "tuned" / POOLED).exists()
+    # a pooled run of another recipe is refused, naming the difference
+    with pytest.raises(RecurlError, match="learning_rate=0.0005 there, 0.001 here"):
+        MeleeImitation(**_pretrain_kw(data_dir, character="MARTH", learning_rate=1e-3,
+                                      init_from=str(tmp_path / "all"))).learn(progress_bar=False)
 
 
 def test_prepare_train_eval_end_to_end(tiny_run: Path, data_dir: Path, tmp_path: Path,

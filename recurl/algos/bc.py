@@ -387,16 +387,28 @@ class BehaviourCloning(Algorithm):
     def _budget(self) -> int:
         return int(self.config.max_epochs)
 
+    def _pretrain(self, run_dir: str | Path | None, progress_bar: bool) -> bool:
+        """Load already trained weights before the first epoch (a hook: plain cloning has none); returns
+        whether it did. Pretrained weights keep their observation statistics, and their held-out loss is
+        the one to beat: fine-tuning replaces them only where it helps."""
+        return False
+
     def _train(self, run_dir: str | Path | None, progress_bar: bool, callbacks: list[Callback], fresh: bool) -> None:
         cfg = self.config
+        pretrained = self.epoch == 0 and self._pretrain(run_dir, progress_bar)
         train, val = self._split()
         n_train = sum(pair_lengths(train))
-        if self.epoch == 0:  # observation statistics come from the training episodes, once
+        if self.epoch == 0 and not pretrained:  # observation statistics come from the training episodes, once
             stream = self._stream(train, np.arange(len(train)))
             for t0 in range(0, stream.length, cfg.chunk_len):
                 window = stream.window(t0, t0 + cfg.chunk_len)
                 self.policy.update_normalizer(window.obs, window.mask)
         val_stream = self._stream(val, np.arange(len(val))) if val else None
+        if pretrained and val_stream is not None:  # fine-tuning must beat the weights it starts from
+            self.policy.eval()
+            self.best_val = self._pass(val_stream, train=False)["loss"]
+            self.policy.train()
+            self._best = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
         first, last = self._span
         logger = RunLogger(run_dir, last * n_train, progress_bar)
         logger.start(self.epoch * n_train)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -39,6 +40,8 @@ from recurl.nn.policy import PolicyConfig
 MELEE_POLICY = PolicyConfig(core="lstm", hidden_size=256, encoder_hidden=(256,), activation="relu", embed_dim=32,
                             residual=True, autoregressive=True, autoregressive_hidden=128, shared_core=True,
                             ortho_init=False)
+#: Where a character's run trains the pooled model it fine-tunes (``RUN/pooled``).
+POOLED = "pooled"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ class MeleeConfig(BCConfig):
     """Fraction of the frames held out as whole games, never trained or validated on (the final report)."""
     val_fraction: float = 0.1
     """Fraction of the remaining frames held out as whole games for early stopping."""
+    pretrain: bool = True
+    """With a character: first train the pooled model on every player's training games (into RUN/pooled, or
+    take it from --init-from), then fine-tune it on the character's games, early-stopped on the character's
+    validation games (--no-pretrain: the character's games alone)."""
+    init_from: str | None = None
+    """The pooled model to fine-tune instead of training one: a `--character ALL` run with this run's
+    dataset, seed and recipe (what pretraining would train, to the bit, on one machine)."""
     max_epochs: int = 30
     patience: int = 5
     learning_rate: float = 5e-4
@@ -135,6 +145,26 @@ class MeleeImitation(BehaviourCloning):
         u = np.random.default_rng([self.config.seed, self.epoch, 17]).random((2, len(pairs)))
         return pairs.augmented(u[0] < self.config.mirror, u[1] < self.config.old_replay)
 
+    def _pretrain(self, run_dir: str | Path | None, progress_bar: bool) -> bool:
+        """With a character and ``pretrain``: start from the pooled model (:meth:`pooled`)."""
+        if self.split["character"] == "ALL" or not self.config.pretrain:
+            return False
+        self.policy.load_state_dict(self.pooled(run_dir, progress_bar).policy.state_dict())
+        return True
+
+    def pooled(self, run_dir: str | Path | None = None, progress_bar: bool = False) -> MeleeImitation:
+        """The pooled model this character's run fine-tunes: ``init_from``'s, checked to be what pretraining
+        would train, else trained now (into ``RUN/pooled`` with a run directory, resumed there when killed)."""
+        cfg = dataclasses.replace(self.config, character="ALL", init_from=None)
+        path = self.config.init_from
+        if path:
+            return _checked_pooled(path, MeleeImitation.load(path, device=self.device), cfg)
+        sub = Path(run_dir) / POOLED if run_dir is not None else None
+        if sub is not None and (sub / "trainer.pt").is_file():
+            return MeleeImitation.resume(sub, progress=progress_bar)
+        model = MeleeImitation(config=cfg)
+        return model.learn(run_dir=sub, progress_bar=progress_bar)
+
     def summarize(self, episodes: int = 0, seed: int = 0) -> dict[str, Any]:
         """The final report of a run (``summary.json``): NLL and accuracy on the run's own test games, beside
         the majority and repeat-previous baselines (``episodes`` and ``seed`` do not apply)."""
@@ -151,6 +181,21 @@ class MeleeImitation(BehaviourCloning):
         return {"melee": split}
 
 
+def _checked_pooled(path: str, model: MeleeImitation, cfg: MeleeConfig) -> MeleeImitation:
+    """``model`` (the run at ``path``) if it is the pooled run of recipe ``cfg``: the same settings, apart from
+    where it ran, and the same split of the same games; else an error naming the difference."""
+    run_only = {"dataset", "device", "threads", "checkpoint_every", "eval_episodes"}
+    have, want = dataclasses.asdict(model.config), dataclasses.asdict(cfg)
+    diff = [f"{k}={have[k]!r} there, {want[k]!r} here" for k in want if k not in run_only and have[k] != want[k]]
+    split = make_split(cfg)
+    diff += [f"its {k} games differ" for k in ("train", "val", "test") if model.split[k] != split[k]]
+    if diff:
+        raise RecurlError(f"--init-from {path}: not the pooled run of this "
+                          f"recipe ({'; '.join(diff)}): train one with `recurl melee train --character ALL` and "
+                          "this run's other flags, or drop --init-from to pretrain here")
+    return model
+
+
 def _plays(p: D.Perspective, split: dict[str, Any]) -> bool:
     return split["character"] == "ALL" or p.character == split["character"]
 
@@ -161,20 +206,30 @@ def make_split(cfg: MeleeConfig) -> dict[str, Any]:
     The test games are drawn from all the dataset's games, whatever the character (seeded), and a run keeps
     those of its character: runs of different characters with one seed share their test games, so a
     character's own model and the pooled model are compared on games neither has seen. Validation games are
-    then drawn from the character's other games.
+    then drawn from each character's other games (seeded); a character's run validates on its own draw and
+    the pooled run on the union of every character's, so a character's validation games are never among
+    the pooled run's training games (the pooled model can be fine-tuned on a character, ``pretrain``).
     """
     persp = D.perspectives(cfg.dataset)
     frames = {p.sha256: p.frames for p in persp}
     names = {p.sha256: p.game for p in persp}
     _, test_all = D.split_games(frames, cfg.test_fraction, cfg.seed)
     character, note = D.choose_character(persp, cfg.character)
+    rest_of: dict[str, list[str]] = {}  # each character's games outside the test set
+    for p in persp:
+        if p.sha256 not in set(test_all) and p.sha256 not in rest_of.setdefault(p.character, []):
+            rest_of[p.character].append(p.sha256)
+    val_of = {c: D.split_games({h: frames[h] for h in sorted(r)}, cfg.val_fraction, cfg.seed + 1)[1]
+              for c, r in rest_of.items() if len(r) >= 2}
     mine = sorted({p.sha256 for p in persp if character == "ALL" or p.character == character})
     test = [h for h in mine if h in set(test_all)]
     rest = [h for h in mine if h not in set(test_all)]
-    if not test or len(rest) < 2:
+    val = sorted({h for v in val_of.values() for h in v}) if character == "ALL" else val_of.get(character, [])
+    train = [h for h in rest if h not in set(val)]
+    if not test or not val or not train:
         raise D.MeleeDataError(f"{character} has {len(test)} game(s) among the test games of seed {cfg.seed} and "
-                               f"{len(rest)} other(s) (needs 1 and 2): add games, or try another --seed")
-    train, val = D.split_games({h: frames[h] for h in rest}, cfg.val_fraction, cfg.seed + 1)
+                               f"{len(rest)} other(s) (needs 1 and 2, split into training and validation "
+                               "games): add games, or try another --seed")
     return {"character": character, "character_note": note, "train": train, "val": val, "test": test,
             "names": names, "frames": {k: sum(frames[h] for h in v) for k, v in
                                        (("train", train), ("val", val), ("test", test))}}

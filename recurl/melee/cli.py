@@ -11,6 +11,7 @@ memory adds (skip it with ``--no-memoryless``), and the held-out report. Every u
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -109,6 +110,8 @@ def _train(argv: list[str]) -> int:
             model = MeleeImitation.resume(sibling, progress=not own.quiet)
         else:
             cfg = with_policy(load_run(run).config, core="none")
+            if cfg.init_from:  # the pooled run's own memoryless sibling is the one to fine-tune
+                cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from) / MEMORYLESS))
             print(f"training the memoryless baseline -> {sibling}", file=sys.stderr)
             model = MeleeImitation(config=cfg)
             model.learn(run_dir=sibling, progress_bar=not own.quiet)
