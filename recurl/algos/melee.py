@@ -213,17 +213,17 @@ def make_split(cfg: MeleeConfig) -> dict[str, Any]:
     persp = D.perspectives(cfg.dataset)
     frames = {p.sha256: p.frames for p in persp}
     names = {p.sha256: p.game for p in persp}
-    _, test_all = D.split_games(frames, cfg.test_fraction, cfg.seed)
+    test_all = set(D.split_games(frames, cfg.test_fraction, cfg.seed)[1])
     character, note = D.choose_character(persp, cfg.character)
-    rest_of: dict[str, list[str]] = {}  # each character's games outside the test set
+    rest_of: dict[str, set[str]] = {}  # each character's games outside the test set
     for p in persp:
-        if p.sha256 not in set(test_all) and p.sha256 not in rest_of.setdefault(p.character, []):
-            rest_of[p.character].append(p.sha256)
-    val_of = {c: D.split_games({h: frames[h] for h in sorted(r)}, cfg.val_fraction, cfg.seed + 1)[1]
+        if p.sha256 not in test_all:
+            rest_of.setdefault(p.character, set()).add(p.sha256)
+    val_of = {c: D.split_games({h: frames[h] for h in r}, cfg.val_fraction, cfg.seed + 1)[1]
               for c, r in rest_of.items() if len(r) >= 2}
     mine = sorted({p.sha256 for p in persp if character == "ALL" or p.character == character})
-    test = [h for h in mine if h in set(test_all)]
-    rest = [h for h in mine if h not in set(test_all)]
+    test = [h for h in mine if h in test_all]
+    rest = [h for h in mine if h not in test_all]
     val = sorted({h for v in val_of.values() for h in v}) if character == "ALL" else val_of.get(character, [])
     train = [h for h in rest if h not in set(val)]
     if not test or not val or not train:
