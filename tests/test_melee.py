@@ -366,9 +366,11 @@ def test_melee_run_exports_and_resumes(tiny_run: Path, tmp_path: Path) -> None:
         assert np.array_equal(a1, a2) and D.ACTION_SPACE.contains(np.asarray(a1, np.int64))
 
 
-@pytest.mark.slow  # four short trainings (~10 s)
-def test_killed_melee_run_resumes_to_the_same_weights(data_dir: Path, tmp_path: Path) -> None:
-    """A run stopped after its first epoch's checkpoint and resumed ends with the weights of an unbroken run."""
+@pytest.mark.slow  # seven short trainings (~20 s)
+def test_killed_melee_run_resumes_to_the_same_weights(data_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """A run stopped after its first epoch's checkpoint and resumed ends with the weights of an unbroken run,
+    and so does one stopped in its pooled pretraining, run again."""
     kw = {"dataset": str(data_dir), "character": "MARTH", "action_delay": 6, "chunk_len": 32, "batch_size": 16,
           "max_epochs": 2, "patience": 5, "device": "cpu",
           "policy": {"hidden_size": 16, "encoder_hidden": (16,), "embed_dim": 4, "autoregressive_hidden": 8}}
@@ -379,6 +381,21 @@ def test_killed_melee_run_resumes_to_the_same_weights(data_dir: Path, tmp_path: 
     assert resumed.epoch == whole.epoch == 2
     for k, v in whole.policy.state_dict().items():
         assert torch.equal(v, resumed.policy.state_dict()[k]), k
+    # killed while it pretrained, before its own first checkpoint: --resume says to run the command again,
+    # which continues RUN/pooled from its checkpoint and ends where the unbroken run did
+    from recurl.algos.melee import POOLED
+
+    early = tmp_path / "early"
+    MeleeImitation(**kw | {"character": "ALL"}).learn(run_dir=early / POOLED, progress_bar=False,
+                                                      callback=lambda m: False)
+    assert melee_main(["train", "--resume", str(early), "--quiet"]) == 1
+    assert "run the command that started it again" in capsys.readouterr().err
+    again = MeleeImitation(**kw).learn(run_dir=early, progress_bar=False)
+    pooled = MeleeImitation.load(early / POOLED, device="cpu")
+    for k, v in MeleeImitation.load(tmp_path / "whole" / POOLED, device="cpu").policy.state_dict().items():
+        assert torch.equal(v, pooled.policy.state_dict()[k]), k
+    for k, v in whole.policy.state_dict().items():
+        assert torch.equal(v, again.policy.state_dict()[k]), k
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
