@@ -75,7 +75,8 @@ def _melee(data: str) -> Algorithm:  # learns from replays alone: no env (tests/
 
     policy = {"hidden_size": 16, "encoder_hidden": (16,), "embed_dim": 4, "autoregressive_hidden": 8}
     return MeleeImitation(dataset=str(Path(data).parent / "melee"), character="MARTH", chunk_len=32, batch_size=16,
-                          max_epochs=3, patience=5, device="cpu", seed=0, policy=policy)
+                          max_epochs=3, patience=5, device="cpu", seed=0, policy=policy,
+                          pretrain=False)  # its pooled pretraining: test_melee.py
 
 
 MAKERS: dict[str, tuple[Callable[[str], Algorithm], int]] = {"ppo": (_ppo, 32), "r2d2": (_r2d2, 48), "bc": (_bc, 6),

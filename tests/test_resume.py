@@ -340,6 +340,7 @@ def test_resume_before_the_first_checkpoint_is_one_clear_error(work: Path, tmp_p
     _check_clean(run)
 
 
+@pytest.mark.slow  # the PPO kill chain (~15 s of killed processes)
 def test_a_killed_run_leaves_no_hidden_file_at_all(chains: dict) -> None:
     run = chains["ppo"]["run"]  # killed once just before summary.json was renamed into place
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
