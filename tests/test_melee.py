@@ -252,6 +252,13 @@ def test_split_is_by_content_never_by_name(data_dir: Path, tmp_path: Path) -> No
                 assert set(mine["test"]) <= sets[2] and set(mine["val"]) <= sets[1], (character, seed)
 
 
+def _same_weights(a: MeleeImitation, b: MeleeImitation) -> None:
+    """``a`` and ``b`` hold the same policy weights, to the bit."""
+    theirs = b.policy.state_dict()
+    for k, v in a.policy.state_dict().items():
+        assert torch.equal(v, theirs[k]), k
+
+
 def _pretrain_kw(data_dir: Path, **kw: object) -> dict:
     return {"dataset": str(data_dir), "action_delay": 6, "chunk_len": 32, "batch_size": 16, "max_epochs": 1,
             "device": "cpu", "policy": {"hidden_size": 16, "encoder_hidden": (16,), "embed_dim": 4,
@@ -283,13 +290,11 @@ def test_character_run_fine_tunes_the_pooled_model(data_dir: Path, tmp_path: Pat
              "4", "--autoregressive-hidden", "8", "--quiet"]
     assert melee_main(["train", "--character", "ALL", "--run-dir", str(tmp_path / "all"), *flags]) == 0
     alone = MeleeImitation.load(tmp_path / "all", device="cpu")
-    for k, v in pooled.policy.state_dict().items():
-        assert torch.equal(v, alone.policy.state_dict()[k]), k
+    _same_weights(pooled, alone)
     assert melee_main(["train", "--character", "MARTH", "--init-from", str(tmp_path / "all"), "--run-dir",
                        str(tmp_path / "tuned"), *flags]) == 0
     tuned = MeleeImitation.load(tmp_path / "tuned", device="cpu")
-    for k, v in model.policy.state_dict().items():
-        assert torch.equal(v, tuned.policy.state_dict()[k]), k
+    _same_weights(model, tuned)
     sibling = MeleeImitation.load(tmp_path / "tuned" / "memoryless", device="cpu").config
     assert sibling.policy.core == "none" and sibling.init_from == str(tmp_path / "all" / "memoryless")
     assert not (tmp_path / "tuned" / POOLED).exists()
@@ -379,8 +384,7 @@ def test_killed_melee_run_resumes_to_the_same_weights(data_dir: Path, tmp_path: 
     assert json.loads((tmp_path / "killed" / "config.json").read_text())["melee"]["baselines"]
     resumed = MeleeImitation.resume(tmp_path / "killed", progress=False)
     assert resumed.epoch == whole.epoch == 2
-    for k, v in whole.policy.state_dict().items():
-        assert torch.equal(v, resumed.policy.state_dict()[k]), k
+    _same_weights(whole, resumed)
     # killed while it pretrained, before its own first checkpoint: --resume says to run the command again,
     # which continues RUN/pooled from its checkpoint and ends where the unbroken run did
     from recurl.algos.melee import POOLED
@@ -392,10 +396,8 @@ def test_killed_melee_run_resumes_to_the_same_weights(data_dir: Path, tmp_path: 
     assert "run the command that started it again" in capsys.readouterr().err
     again = MeleeImitation(**kw).learn(run_dir=early, progress_bar=False)
     pooled = MeleeImitation.load(early / POOLED, device="cpu")
-    for k, v in MeleeImitation.load(tmp_path / "whole" / POOLED, device="cpu").policy.state_dict().items():
-        assert torch.equal(v, pooled.policy.state_dict()[k]), k
-    for k, v in whole.policy.state_dict().items():
-        assert torch.equal(v, again.policy.state_dict()[k]), k
+    _same_weights(MeleeImitation.load(tmp_path / "whole" / POOLED, device="cpu"), pooled)
+    _same_weights(whole, again)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -83,6 +83,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(argv: list[str]) -> int:
     """``recurl train --algo melee ARGV``, then the memoryless sibling, then the report."""
     from recurl.algos.melee import POOLED, MeleeImitation, with_policy
+    from recurl.checkpoint import CONFIG_FILE, TRAINER_FILE
     from recurl.cli import cmd_train
     from recurl.melee.evaluate import MEMORYLESS, load_run
     from recurl.runs import finish_run
@@ -98,8 +99,9 @@ def _train(argv: list[str]) -> int:
               "RUN/memoryless (--no-memoryless skips it), then the held-out report.\n")
         return cmd_train(["--algo", "melee", *rest])
     run = own.resume or own.run_dir or f"runs/melee__{time.strftime('%Y%m%d-%H%M%S')}"
-    if own.resume and not (Path(run) / "config.json").is_file() and (Path(run) / POOLED / "trainer.pt").is_file():
-        raise RecurlError(f"{run} was stopped while it pretrained its pooled model ({Path(run) / POOLED}), before "
+    pooled = Path(run) / POOLED
+    if own.resume and not (Path(run) / CONFIG_FILE).is_file() and (pooled / TRAINER_FILE).is_file():
+        raise RecurlError(f"{run} was stopped while it pretrained its pooled model ({pooled}), before "
                           "its own first checkpoint: run the command that started it again, without --resume; "
                           "it continues the pooled model from its last checkpoint")
     quiet = ["--quiet"] if own.quiet else []
