@@ -125,27 +125,37 @@ def current_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in results["runs"].values() if r.get("recipe") == recipe_id()]
 
 
-def cells_of(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(task, core) -> its runs (by seed), tasks and cores in grid order."""
+def cells_of(results: dict[str, Any], budget: int | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(task, core) -> its runs (by seed) at ``budget`` env steps (``None``: every budget), tasks and cores in
+    grid order."""
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
     runs = sorted(current_runs(results), key=lambda r: (ENVS.index(r["task"]), CORES.index(r["core"]),
                                                           r["seed"], r["budget"]))
     for r in runs:
-        out.setdefault((r["task"], r["core"]), []).append(r)
+        if budget is None or r["budget"] == budget:
+            out.setdefault((r["task"], r["core"]), []).append(r)
     return out
 
 
+def rows_of(results: dict[str, Any]) -> list[tuple[str, int]]:
+    """The table's rows: (task, budget) in grid order, the grid's budget first; runs of another budget (a
+    task trained longer) get rows of their own, never averaged with the grid's."""
+    budgets = {(r["task"], r["budget"]) for r in current_runs(results)}
+    return sorted(budgets, key=lambda tb: (ENVS.index(tb[0]), tb[1] != STEPS, tb[1]))
+
+
 def report(results: dict[str, Any]) -> str:
-    """The Markdown table: one row per task, one column per core (mean return over seeds, per seed)."""
+    """The Markdown table: one row per task and budget, one column per core (mean return over seeds, per
+    seed)."""
     cells = cells_of(results)
     cores = [c for c in CORES if any(k[1] == c for k in cells)]
-    tasks = [n for n in ENVS if any(k[0] == n for k in cells)]
     lines = ["| task (Easy) | " + " | ".join(cores) + " | best memory core - none |",
              "|---|" + "---:|" * len(cores) + "---:|"]
-    for task in tasks:
+    for task, budget in rows_of(results):
         row, means = [], {}
+        at_budget = cells_of(results, budget)
         for core in cores:
-            rs = cells.get((task, core), [])
+            rs = at_budget.get((task, core), [])
             if rs:
                 scores = [r["mean_return"] for r in rs]
                 means[core] = sum(scores) / len(scores)
@@ -156,7 +166,8 @@ def report(results: dict[str, Any]) -> str:
                 row.append("not run")
         mem = [m for c, m in means.items() if c != "none"]
         gap = f"{max(mem) - means['none']:+.2f}" if mem and "none" in means else "-"
-        lines.append(f"| {task} | " + " | ".join(row) + f" | {gap} |")
+        label = task if budget == STEPS else f"{task}, {budget / 1e6:g}M steps"
+        lines.append(f"| {label} | " + " | ".join(row) + f" | {gap} |")
     runs = current_runs(results)
     machines = "; ".join(sorted({r["machine"] for r in runs}))
     seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))
@@ -177,7 +188,7 @@ def plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = cells_of(results)
+    cells = cells_of(results, STEPS)  # the grid's budget: longer runs are in the table
     cores = [c for c in CORES if any(k[1] == c for k in cells)]
     tasks = [n for n in ENVS if any(k[0] == n for k in cells)]
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -198,7 +209,7 @@ def plot(results: dict[str, Any]) -> None:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel(f"mean return ({FINAL_EPISODES} det. episodes)")
     seeds = sorted({r["seed"] for r in current_runs(results)})
-    ax.set_title(f"POPGym {DIFFICULTY} tasks, recurrent PPO: bars the mean over seeds, dots each seed "
+    ax.set_title(f"POPGym {DIFFICULTY} tasks, recurrent PPO, {STEPS:,} steps: bars the mean over seeds, dots each seed "
                  f"(seeds run: {seeds}, not every cell has all)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -129,9 +129,12 @@ class TracedAct:
             policy, observation_space, action_space, masked)
         self.eager = eager or policy.act
         self.keys = leaf_keys(observation_space)
-        self._graphs: OrderedDict[tuple, tuple[ActStep, torch.jit.ScriptModule] | None] = OrderedDict()
+        #: call shape -> (its ActStep, the bound ``forward`` of its trace), or None where it acts eagerly
+        self._graphs: OrderedDict[tuple, tuple[ActStep, Callable[..., tuple]] | None] = OrderedDict()
         #: why a call shape acts eagerly (shape key -> reason), for whoever wonders why acting is slow
         self.eager_reasons: dict[tuple, str] = {}
+        self._last_key: tuple | None = None
+        self._last_entry: tuple[ActStep, Callable[..., tuple]] | None = None
 
     def __call__(self, obs: Any, state: State, is_first: torch.Tensor | None, mask: torch.Tensor | None,
                  deterministic: bool) -> tuple[torch.Tensor, State]:
@@ -140,25 +143,32 @@ class TracedAct:
         leaves = [obs[k] for k in self.keys] if isinstance(obs, dict) else [obs]
         n = leaves[0].shape[0]
         key = (n, is_first is not None, deterministic, leaves[0].device)
-        if key not in self._graphs:
-            self._graphs[key] = self._trace(key, n, is_first is not None, deterministic, leaves[0].device)
-            while len(self._graphs) > MAX_GRAPHS:
-                self._graphs.popitem(last=False)
-        self._graphs.move_to_end(key)
-        entry = self._graphs[key]
+        if key == self._last_key:  # the usual case, a loop of calls of one shape: skip the LRU's bookkeeping
+            entry = self._last_entry
+        else:
+            if key not in self._graphs:
+                self._graphs[key] = self._trace(key, n, is_first is not None, deterministic, leaves[0].device)
+                while len(self._graphs) > MAX_GRAPHS:
+                    self._graphs.popitem(last=False)
+            self._graphs.move_to_end(key)
+            entry = self._last_entry = self._graphs[key]
+            self._last_key = key
         if entry is None:
             dist, new_state = self.eager(obs, state, is_first, mask)
             return (dist.mode() if deterministic else dist.sample()), new_state
-        step, graph = entry
-        noise = []
+        step, forward = entry
+        inputs = [*leaves, *state]
+        if step.with_first:
+            inputs.append(is_first)
+        if mask is not None:
+            inputs.append(mask)
         if step.noise_width:
-            noise = [(torch.randn if step.box else torch.rand)(n, step.noise_width, device=leaves[0].device)]
-        first = [is_first] if step.with_first else []
-        out = graph(*leaves, *state, *first, *([] if mask is None else [mask]), *noise)
+            inputs.append((torch.randn if step.box else torch.rand)(n, step.noise_width, device=key[3]))
+        out = forward(*inputs)
         return out[0], tuple(out[len(out) - step.n_state:]) if step.n_state else ()
 
     def _trace(self, key: tuple, n: int, with_first: bool, deterministic: bool,
-               device: torch.device) -> tuple[ActStep, torch.jit.ScriptModule] | None:
+               device: torch.device) -> tuple[ActStep, Callable[..., tuple]] | None:
         step = ActStep(self.policy, self.observation_space, self.action_space, self.masked,
                        stochastic=not deterministic, with_first=with_first).to(device)
         try:
@@ -179,4 +189,6 @@ class TracedAct:
         if not same:
             self.eager_reasons[key] = "the trace disagreed with the eager step on fresh inputs"
             return None
-        return step, graph
+        # The bound forward, not the module: a ScriptModule has no hooks to run, and nn.Module's __call__ and
+        # the traced module's attribute lookup cost a few us per call at batch 1.
+        return step, graph.forward

@@ -31,7 +31,7 @@ from recurl.collector import ActionQueue, env_action
 from recurl.errors import RecurlError
 from recurl.export import export_onnx
 from recurl.nn.recurrent import State
-from recurl.obs import ObsConverter, check_is_first, check_mask, check_state
+from recurl.obs import ObsConverter, check_is_first, check_mask, check_state, user_tensor
 from recurl.runs import load_model
 from recurl.util import set_threads
 
@@ -166,7 +166,7 @@ class Agent:
 
     def _check_state(self, state: Any, n: int) -> State:
         arrays = check_state(state, self._shapes, n)
-        return tuple(arrays) if self._onnx is not None else tuple(torch.as_tensor(a, device=self.device)
+        return tuple(arrays) if self._onnx is not None else tuple(user_tensor(a, torch.float32, self.device)
                                                                  for a in arrays)
 
 

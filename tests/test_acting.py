@@ -74,3 +74,25 @@ def test_graphs_are_kept_per_call_shape_and_bounded() -> None:
     for n in range(1, MAX_GRAPHS + 4):
         agent.act(np.stack([model.observation_space.sample() for _ in range(n)]), agent.initial_state(n))
     assert len(agent._traced._graphs) == MAX_GRAPHS
+
+
+def test_predict_only_reads_the_callers_arrays() -> None:
+    """predict shares the caller's float32 arrays with torch instead of copying them (and returns states that
+    share the graph's outputs): it must never write into them, and read-only arrays must work the same."""
+    model = _ppo(core="lstm")
+    obs = np.stack([model.observation_space.sample() for _ in range(3)]).astype(np.float32)
+    _, state = model.predict(obs, deterministic=True)
+    starts = np.array([False, True, False])
+    kept = [obs.copy(), starts.copy(), *(s.copy() for s in state)]
+    action, new_state = model.predict(obs, state=state, episode_start=starts, deterministic=True)
+    for got, was in zip([obs, starts, *state], kept):
+        np.testing.assert_array_equal(got, was)
+    frozen = [a.copy() for a in (obs, *state)]
+    for a in frozen:
+        a.setflags(write=False)
+    again, again_state = model.predict(frozen[0], state=tuple(frozen[1:]), episode_start=starts, deterministic=True)
+    np.testing.assert_array_equal(again, action)
+    for a, b in zip(again_state, new_state):
+        np.testing.assert_array_equal(a, b)
+    _, later = model.predict(obs, state=new_state, deterministic=True)  # a later call leaves earlier states alone
+    assert not np.shares_memory(later[0], new_state[0])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recurl.errors import RecurlError
+from recurl.nn.heads import inverse_cdf
 from recurl.nn.policy import PolicyConfig, RecurrentPolicy
 from recurl.obs import ObsConverter
 
@@ -143,3 +144,16 @@ def test_chrono_and_the_lru_ring_reach_the_policy_core() -> None:
     assert torch.sqrt(lam_re**2 + lam_im**2).min() >= 0.995 - 1e-6
     lstm = RecurrentPolicy(space, gym.spaces.Discrete(2), PolicyConfig(chrono=500))
     assert lstm.actor.core.net.bias_ih_l0[64:128].max() > 5  # log(u), u up to 499
+
+
+def test_inverse_cdf_is_the_categorical_quantile_without_a_clamp() -> None:
+    probs = torch.tensor([0.2, 0.0, 0.5, 0.3])  # category 1 can never be drawn
+    logp = probs.log().expand(7, 4)
+    u = torch.tensor([0.0, 0.1999, 0.2001, 0.6999, 0.7001, 0.99999, 1.0 - 1e-9])[:, None]
+    assert inverse_cdf(logp, u).tolist() == [0, 0, 2, 2, 3, 3, 3]
+    # rounding can leave the last cumulative sum below u: the draw stays in range, the last category
+    short = torch.log(torch.tensor([0.5, 0.49999]))
+    assert inverse_cdf(short.expand(1, 2), torch.tensor([[0.999999]])).tolist() == [1]
+    u = torch.rand(40_000, 1, generator=torch.Generator().manual_seed(0))
+    draws = inverse_cdf(probs.log().expand(40_000, 4), u)
+    np.testing.assert_allclose(np.bincount(draws.numpy(), minlength=4) / 40_000, probs.numpy(), atol=0.01)

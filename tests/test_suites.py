@@ -176,3 +176,23 @@ def test_minigrid_image_codes_are_scaled_by_their_real_bounds() -> None:
     pixels = ObsEncoder(gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)).leaves[0]
     assert float(pixels.scale.max()) == float(pixels.scale.min()) == pytest.approx(1 / 255)
     env.close()
+
+
+def test_popgym_report_keeps_each_budget_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/popgym_suite.py: a task also trained at a longer budget gets a row of its own, never averaged
+    with the grid's runs (the table the docs publish)."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    suite = importlib.import_module("popgym_suite")
+
+    def run(core: str, seed: int, budget: int, score: float) -> dict[str, Any]:
+        return {"task": "CountRecall", "core": core, "seed": seed, "budget": budget, "recipe": suite.recipe_id(),
+                "mean_return": score, "train_s": 60.0, "eval_s": 1.0, "machine": "test"}
+
+    runs = [run("gru", 0, suite.STEPS, -0.5), run("none", 0, suite.STEPS, -0.9), run("gru", 0, 5_000_000, -0.1),
+            run("gru", 1, 5_000_000, -0.2)]
+    table = suite.report({"runs": {str(i): r for i, r in enumerate(runs)}}).splitlines()
+    grid = next(line for line in table if line.startswith("| CountRecall |"))
+    longer = next(line for line in table if line.startswith("| CountRecall, 5M steps |"))
+    assert "**-0.50** (1 seed" in grid and grid.endswith("| +0.40 |")
+    assert "**-0.15** (-0.20 to -0.10, 2 seeds" in longer and "not run" in longer and longer.endswith("| - |")

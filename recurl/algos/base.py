@@ -32,7 +32,7 @@ from recurl.envs import make_vec_env, resolve_env_id
 from recurl.errors import RecurlError
 from recurl.evaluation import EvalCallback, evaluate_policy, new_eval_record
 from recurl.nn.recurrent import State
-from recurl.obs import ObsConverter, check_is_first, check_mask, check_state
+from recurl.obs import ObsConverter, check_is_first, check_mask, check_state, user_tensor
 from recurl.util import pick_device, set_seed, set_threads
 from recurl.version import __version__
 
@@ -191,7 +191,7 @@ class Algorithm:
         if state is None:
             torch_state = self.policy.initial_act_state(n, self.device)
         else:
-            torch_state = tuple(torch.as_tensor(s, device=self.device)
+            torch_state = tuple(user_tensor(s, torch.float32, self.device)
                                 for s in check_state(state, self.act_state_shapes, n))
         # No episode start (or a zero state, where a reset changes nothing): the core skips the reset.
         is_first = None
@@ -205,7 +205,8 @@ class Algorithm:
         with torch.inference_mode():
             action, new_state = self._traced_act(obs, torch_state, is_first, mask, deterministic)
         a = env_action(self.action_space, action)
-        return (a if batched else a[0]), tuple(s.cpu().numpy() for s in new_state)
+        on_cpu = self.device.type == "cpu"
+        return (a if batched else a[0]), tuple(s.numpy() if on_cpu else s.cpu().numpy() for s in new_state)
 
     def summarize(self, episodes: int, seed: int = 10_000) -> dict[str, Any]:
         """The final evaluation of a run (``summary.json``): ``episodes`` deterministic episodes from ``seed``

@@ -75,7 +75,11 @@ class _Flatten(nn.Module):
         self.out_dim = int(np.prod(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().flatten(start_dim=x.dim() - self.nd) if self.nd else x.float().unsqueeze(-1)
+        # Skipping the no-op conversions keeps them out of the traced acting step (a few us per call).
+        x = x if x.dtype == torch.float32 else x.float()
+        if self.nd == 0:
+            return x.unsqueeze(-1)
+        return x if self.nd == 1 else x.flatten(start_dim=x.dim() - self.nd)
 
 
 class _Embed(nn.Module):

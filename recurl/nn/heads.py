@@ -35,11 +35,12 @@ def apply_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def inverse_cdf(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The category ``[...]`` whose cumulative probability first exceeds ``u[...]`` in ``[0, 1)``, for the
-    log-probabilities ``logp[..., n]``: a sample of the categorical when ``u ~ U(0, 1)``. Plain cumsum and
-    compare, so an exported graph can sample from noise it is given."""
-    below = torch.cumsum(logp.exp(), -1) < u.unsqueeze(-1)
-    return below.long().sum(-1).clamp(max=logp.shape[-1] - 1)
+    """The category ``[...]`` whose cumulative probability first exceeds ``u[..., 1]`` in ``[0, 1)``, for
+    the log-probabilities ``logp[..., n]``: a sample of the categorical when ``u ~ U(0, 1)``. Plain cumsum
+    and compare, so an exported graph can sample from noise it is given. Counting only the first ``n - 1``
+    sums keeps the result below ``n`` where rounding leaves the total under ``u``, with no clamp (the
+    acting step is dispatch-bound: every op counts)."""
+    return (torch.cumsum(logp.exp(), -1)[..., :-1] < u).sum(-1)
 
 
 class ActionDist:
@@ -68,9 +69,9 @@ class ActionDist:
         """A sample driven by given noise ``u[..., k]`` (:func:`noise_width`): ``U(0, 1)`` per component for
         discrete actions (inverse CDF), standard normal per dimension for a Box."""
         if self.kind == "categorical":
-            return inverse_cdf(self.logits, u[..., 0])
+            return inverse_cdf(self.logits, u[..., :1])
         if self.kind == "multi":
-            return torch.stack([inverse_cdf(lg, u[..., i]) for i, lg in enumerate(self.logits_list)], -1)
+            return torch.stack([inverse_cdf(lg, u[..., i : i + 1]) for i, lg in enumerate(self.logits_list)], -1)
         return self.params + u * self.log_std.exp()
 
     def mode(self) -> torch.Tensor:
@@ -186,7 +187,7 @@ class AutoregressiveDist:
     def sample_with(self, u: torch.Tensor) -> torch.Tensor:
         """A sample driven by given noise ``u[..., k]``, ``U(0, 1)`` per component (inverse CDF of each
         conditional in turn)."""
-        return self._chain(lambda i, lp: inverse_cdf(lp, u[..., i]))[0]
+        return self._chain(lambda i, lp: inverse_cdf(lp, u[..., i : i + 1]))[0]
 
     def _greedy(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self._greedy_chain is None:  # once: the mode and the exported logits share it

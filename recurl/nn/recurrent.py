@@ -261,7 +261,8 @@ class RecurrentCore(MemoryCore):
             else:
                 x = cell(x, state[0][i], *w)
             outs[0].append(x)
-        return x, tuple(torch.stack(o) for o in outs)
+        # One layer (the usual case): a view, not a copy, and one op fewer per tensor in the traced step.
+        return x, tuple(o[0].unsqueeze(0) if len(o) == 1 else torch.stack(o) for o in outs)
 
     # -- training -------------------------------------------------------------------------------------
     def unroll(
