@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from results_file import load_results, save_results
+from results_file import load_results, record_result
 
 from recurl import RecurrentPPO, evaluate_policy
 from recurl.checkpoint import atomic_write
@@ -95,8 +95,7 @@ def sweep(lengths: list[int], cores: list[str], seed: int, run_root: Path) -> No
             if done is None:
                 print(f"L={length} core={core} seed={seed} ...", flush=True)
                 done = run_one(length, core, seed, run_root / f"L{length}-{core}-{seed}")
-                results["runs"][key(length, core, seed)] = done
-                save_results(RESULTS, results)
+                results = record_result(RESULTS, key(length, core, seed), done)
                 print(f"  success {done['success_rate']:.1%} in {done['env_steps']:,} steps, "
                       f"{done['train_s']:.0f} s", flush=True)
             if done["success_rate"] < SOLVED:

@@ -14,21 +14,24 @@ the same for the whole grid):
   HigherLower; 103 for Autoencode; CartPole up to 200, MineSweeper a few), so most episodes lie whole in
   one window (windows are not aligned to episodes; a window starts from the state stored while acting);
 - GRU / LSTM / memoryless core of 128 units after a 64-unit encoder, a separate critic core;
-- lr 3e-4 annealed, 4 epochs of 1024-sample minibatches (8 sequences), gamma 0.99, GAE 0.95, clip 0.2,
+- lr 1e-3 annealed, 4 epochs of 1024-sample minibatches (8 sequences), gamma 0.99, GAE 0.95, clip 0.2,
   entropy 0.01, rewards normalised, the gradient's global norm clipped at 0.5 (POPGym's rewards are
   dense: every step of the card tasks is scored, so the T-maze's starved actor does not apply).
 
-The score of a run is the mean return over ``FINAL_EPISODES`` deterministic episodes from seed
-``FINAL_SEED`` (POPGym normalises every task's return to [-1, 1]), with the env steps, the training wall
-time and the machine. Results go to docs/results/popgym.json after every run (atomically), keyed by env,
-core, seed and budget, so a killed grid resumes with its missing cells; ``--report-only`` rewrites
-docs/results/popgym.md and docs/popgym.png from that JSON. The grid runs all tasks with gru and none
-first, then lstm (then lru), one torch thread; CUDA when present (``device="auto"``).
+The score of a run is the mean return over ``FINAL_EPISODES`` deterministic episodes from seed ``FINAL_SEED``
+(POPGym normalises every task's return to [-1, 1]), with the env steps, the training wall time and the
+machine. Each run also records the best training mean return (the highest ``rollout/ep_rew_mean``, a mean over
+the last 100 training episodes, seen at any update): the paper's MMER measure, optimistic by construction, so
+that the comparison with the paper is like for like. Results go to docs/results/popgym.json after every run
+(atomically), keyed by env, core, seed and budget, so a killed grid resumes with its missing cells;
+``--report-only`` rewrites docs/results/popgym.md and docs/popgym.png from that JSON. The grid runs all tasks
+with gru and none first, then lstm (then lru), one torch thread; CUDA when present (``device="auto"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from results_file import load_results, save_results
+from results_file import load_results, record_result
 from tqdm import tqdm
 
 from recurl import RecurrentPPO, evaluate_policy
@@ -81,6 +84,12 @@ def key(name: str, core: str, seed: int, steps: int) -> str:
     return f"{env_id(name)}|{core}|{seed}|{steps}|{recipe_id()}"
 
 
+def best_training_mean(run_dir: Path) -> float | None:
+    """The highest ``rollout/ep_rew_mean`` (mean return of the last 100 training episodes) in a run's
+    ``progress.csv``: POPGym's MMER, the maximum over training of the mean episodic reward."""
+    with open(run_dir / "progress.csv", newline="") as f:
+        means = [float(row["rollout/ep_rew_mean"]) for row in csv.DictReader(f) if row.get("rollout/ep_rew_mean")]
+    return max(means) if means else None
 
 
 def run_one(name: str, core: str, seed: int, steps: int, run_dir: Path) -> dict[str, Any]:
@@ -97,6 +106,7 @@ def run_one(name: str, core: str, seed: int, steps: int, run_dir: Path) -> dict[
     return {"env": env_id(name), "task": name, "core": core, "seed": seed, "budget": steps, "recipe": recipe_id(),
             "env_steps": model.num_timesteps, "mean_return": result["mean_return"],
             "std_return": result["std_return"], "episodes": FINAL_EPISODES,
+            "best_train_mean": best_training_mean(run_dir),
             "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
             "steps_per_s": round(model.num_timesteps / train_s),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread, "
@@ -113,9 +123,7 @@ def grid(envs: list[str], cores: list[str], seeds: list[int], steps: int, run_ro
         for name, core, seed in bar:
             bar.set_postfix_str(f"{name} {core} s{seed}")
             r = run_one(name, core, seed, steps, run_root / f"{name}-{core}-s{seed}")
-            results = load_results(RESULTS)
-            results["runs"][key(name, core, seed, steps)] = r
-            save_results(RESULTS, results)
+            record_result(RESULTS, key(name, core, seed, steps), r)
             bar.write(f"{name} {core} seed {seed}: {r['mean_return']:+.3f} ({r['env_steps']:,} steps, "
                       f"{r['train_s']:.0f} s, {r['steps_per_s']:,} steps/s)")
 
@@ -160,8 +168,10 @@ def report(results: dict[str, Any]) -> str:
                 scores = [r["mean_return"] for r in rs]
                 means[core] = sum(scores) / len(scores)
                 spread = f"{min(scores):+.2f} to {max(scores):+.2f}, " if len(scores) > 1 else ""
+                best = [r["best_train_mean"] for r in rs if r.get("best_train_mean") is not None]
+                mmer = f"; MMER {sum(best) / len(best):+.2f}" if len(best) == len(rs) else ""
                 row.append(f"**{means[core]:+.2f}** ({spread}{len(rs)} seed{'s' * (len(rs) > 1)}; "
-                           f"{sum(r['train_s'] for r in rs) / len(rs) / 60:.1f} min)")
+                           f"{sum(r['train_s'] for r in rs) / len(rs) / 60:.1f} min{mmer})")
             else:
                 row.append("not run")
         mem = [m for c, m in means.items() if c != "none"]
@@ -175,7 +185,9 @@ def report(results: dict[str, Any]) -> str:
     total_h = sum(r["train_s"] + r["eval_s"] for r in runs) / 3600
     lines += ["", f"Each cell: the mean over seeds of each run's return over {FINAL_EPISODES} deterministic episodes "
                   f"from seed {FINAL_SEED} (returns in [-1, 1]), the lowest and highest run, the number of seeds, "
-                  f"and the training wall time per run. Recipe {recipe_id()} (the `popgym-<Name>` presets). "
+                  f"and the training wall time per run; MMER, where recorded, is the mean over seeds of each run's "
+                  f"best training mean return (the paper's measure: the highest mean over the last 100 training "
+                  f"episodes at any update). Recipe {recipe_id()} (the `popgym-<Name>` presets). "
                   f"Seeds: {seeds}. Budget: {budgets} env steps per run. {len(runs)} runs, "
                   f"{total_h:.2f} h in all. Machine: {machines}."]
     return "\n".join(lines) + "\n"

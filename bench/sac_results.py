@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import load_results, save_results
+from results_file import load_results, record_result
 
 from recurl import RecurrentSAC, evaluate_policy
 from recurl.presets import preset
@@ -86,9 +86,7 @@ def run_grid(grid: tuple[str, list[tuple[str, str]]], seeds: list[int], run_root
         run_dir = run_root / f"{env.replace('/', '_')}-{core}-s{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a killed run restarts from scratch (its replay is not saved)
         r = run_one(preset_name, env, core, seed, run_dir, **extra)
-        results = load_results(RESULTS)
-        results["runs"][key(env, core, seed)] = r
-        save_results(RESULTS, results)
+        record_result(RESULTS, key(env, core, seed), r)
         print(f"[{i}/{len(todo)}] {env} {core} seed {seed}: {r['mean_return']:.1f} +- {r['std_return']:.1f} "
               f"({FINAL_EPISODES} ep.), {r['wall_s']:.0f}s", flush=True)
 

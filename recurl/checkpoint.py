@@ -60,12 +60,25 @@ _WHAT = {MODEL_FILE: "model file", CONFIG_FILE: "config", TRAINER_FILE: "trainer
 _PARTIAL = ".partial"
 
 
+def _umask() -> int:
+    """The process's umask (read once: ``os.umask`` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the mode a plain ``open(path, "w")`` gives a new file; ``mkstemp``'s own 0600 would hide the run's logs and
+#: results from the other users of a shared machine (a TensorBoard server, a teammate)
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path`` (atomic on POSIX). A kill in between
     leaves a ``.NAME.XXXX.partial`` file, which :func:`discard_partials` removes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL, dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     try:
         write(tmp)

@@ -295,6 +295,18 @@ def test_a_metric_appearing_later_widens_the_csv(tmp_path: Path) -> None:
     assert (tmp_path / "curve.png").is_file()
 
 
+def test_atomic_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    """progress.csv (and every file written atomically) is readable as a plain ``open`` would leave it, not
+    the temporary file's private 0600, so a TensorBoard server or a teammate can read the run."""
+    log = RunLogger(tmp_path, 100, progress=False)
+    log.start(0)
+    log.log(8, {"time/fps": 10.0})
+    log.close()
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (tmp_path / "progress.csv").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_resume_drops_rows_after_the_checkpoint(tmp_path: Path) -> None:
     log = RunLogger(tmp_path, 100, progress=False)
     log.start(0)

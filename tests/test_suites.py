@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,48 @@ def test_popgym_report_keeps_each_budget_apart(monkeypatch: pytest.MonkeyPatch) 
     longer = next(line for line in table if line.startswith("| CountRecall, 5M steps |"))
     assert "**-0.50** (1 seed" in grid and grid.endswith("| +0.40 |")
     assert "**-0.15** (-0.20 to -0.10, 2 seeds" in longer and "not run" in longer and longer.endswith("| - |")
+
+
+def test_popgym_records_the_papers_best_training_mean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """bench/popgym_suite.py: MMER is the highest ``rollout/ep_rew_mean`` logged (rows before the first
+    finished episode have none), shown only where every seed of a cell has it."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    suite = importlib.import_module("popgym_suite")
+    (tmp_path / "progress.csv").write_text("env_steps,rollout/ep_rew_mean\n2048,\n4096,-0.4\n6144,0.25\n8192,0.1\n")
+    assert suite.best_training_mean(tmp_path) == 0.25
+    (tmp_path / "progress.csv").write_text("env_steps,rollout/ep_rew_mean\n2048,\n")
+    assert suite.best_training_mean(tmp_path) is None
+
+    def run(core: str, seed: int, best: float | None) -> dict[str, Any]:
+        return {"task": "CountRecall", "core": core, "seed": seed, "budget": suite.STEPS, "recipe": suite.recipe_id(),
+                "mean_return": -0.5, "train_s": 60.0, "eval_s": 1.0, "machine": "test", "best_train_mean": best}
+
+    runs = [run("gru", 0, 0.1), run("gru", 1, 0.3), run("lstm", 0, 0.2), run("lstm", 1, None)]
+    row = next(line for line in suite.report({"runs": {str(i): r for i, r in enumerate(runs)}}).splitlines()
+               if line.startswith("| CountRecall |"))
+    gru, lstm = row.split(" | ")[1:3]
+    assert "MMER +0.20" in gru and "MMER" not in lstm
+
+
+def test_grids_side_by_side_keep_every_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """bench/results_file.py: two grids recording into one results file at once (one per core, as the docs'
+    runs were made) lose none of each other's runs."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    results_file = importlib.import_module("results_file")
+    path = tmp_path / "results.json"
+    ctx = multiprocessing.get_context("fork")  # the children only write files: no re-import
+    start = ctx.Barrier(2)  # both write at once, not one after the other's start-up
+    procs = [ctx.Process(target=_record_many, args=(str(path), name, start)) for name in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(results_file.load_results(path)["runs"]) == sorted(f"{n}{i}" for n in "ab" for i in range(200))
+
+
+def _record_many(path: str, name: str, start: Any) -> None:
+    record_result = importlib.import_module("results_file").record_result
+    start.wait()
+    for i in range(200):
+        record_result(Path(path), f"{name}{i}", {"score": i})
