@@ -3,14 +3,11 @@ run, so that a killed grid never leaves a half-written file and resumes with the
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from recurl.checkpoint import atomic_write
+from recurl.checkpoint import atomic_write, locked
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -28,16 +25,9 @@ def record_result(path: Path, key: str, result: dict[str, Any]) -> dict[str, Any
     """Add one run's ``result`` under ``key`` to the file and return the whole of it: read, changed and written
     under an exclusive lock, so grids running side by side (one per core) never drop each other's runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path.with_name(f".{path.name}.lock")):
+    with locked(path.parent):  # the file's folder: no lock file to leave behind
         results = load_results(path)
         results["runs"][key] = result
         save_results(path, results)
     return results
 
-
-@contextlib.contextmanager
-def _locked(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_file`` (released by the kernel if the process dies)."""
-    with open(lock_file, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield

@@ -153,7 +153,7 @@ def write_checkpoint(run_dir: str | Path, files: dict[str, bytes], update: bool 
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(run_dir):
+        with locked(run_dir):
             old = _recover(run_dir)
             if update and old is not None:
                 files = {**{n: _read_member(run_dir, n, old) for n in old["files"]}, **files}
@@ -172,7 +172,7 @@ def read_checkpoint(run_dir: str | Path, names: Sequence[str]) -> dict[str, byte
     if not run_dir.is_dir():
         raise RecurlError(f"no {names[0]} at {run_dir}: {_missing_hint(names[0])}")
     try:
-        with _locked(run_dir):
+        with locked(run_dir):
             manifest = _recover(run_dir)
             return {name: _read_member(run_dir, name, manifest) for name in names}
     except OSError as e:
@@ -181,9 +181,10 @@ def read_checkpoint(run_dir: str | Path, names: Sequence[str]) -> dict[str, byte
 
 
 @contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir`` (released by the kernel if the process dies): a reader never
-    recovers, or reads, while a writer is between its renames."""
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the directory ``run_dir`` (released by the kernel if the process dies): a
+    reader of a checkpoint set never recovers, or reads, while a writer is between its renames; writers of one
+    results file (``bench/results_file.py``) take turns."""
     fd = os.open(run_dir, os.O_RDONLY)
     try:
         try:
